@@ -1,0 +1,82 @@
+#pragma once
+// gdr2 CUDA kernels: plain C++ host API (no framework). Device pointers in, device pointers out.
+//
+// Layout (spec section 1), all row-major, last index fastest:
+//   q, k, b   [B, T, H, K]   in `dtype`          g        [B, T, H, K]  fp32 (log-decay)
+//   v, w, o   [B, T, HV, V]  in `dtype`          h0, ht   [N, HV, K, V] fp32
+// Grouped value heads: HV % H == 0, value head hv reads key head hv / (HV / H).
+// Variable length: B == 1 and cu_seqlens (device, N + 1 int32 offsets, cu_seqlens[N] == T).
+// Every CUDA call and launch is checked; failures throw gdr2::cuda::error naming the kernel, the
+// argument and what CUDA said. Shape and alignment preconditions are checked on the host first.
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's stream handle (no runtime header needed)
+
+namespace gdr2::cuda {
+
+class error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class DType { f32, bf16, f16 };
+// fast: bf16/fp16 tensor-core operands, fp32 accumulation. accurate: fp32-class accuracy
+// (relative error < 1e-5 against the double reference on typical inputs).
+enum class Mode { fast, accurate };
+
+struct Problem {
+  int B = 1, T = 0, H = 1, HV = 1, K = 128, V = 128;
+  DType dtype = DType::bf16;                 // q, k, v, b, w, o (and dq, dk, dv, db, dw, dout)
+  float scale = 0.0f;                        // 0 means 1/sqrt(K)
+  const std::int32_t* cu_seqlens = nullptr;  // device pointer or nullptr (then N = B)
+  int num_seqs = 0;                          // N, required when cu_seqlens is given
+};
+
+struct ForwardTensors {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const float* g = nullptr;
+  const void* b = nullptr;
+  const void* w = nullptr;
+  const float* h0 = nullptr;  // optional initial state; nullptr = zeros. May equal ht (in place).
+  void* o = nullptr;
+  float* ht = nullptr;        // optional final state; nullptr = not written
+};
+
+struct BackwardTensors {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const float* g = nullptr;
+  const void* b = nullptr;
+  const void* w = nullptr;
+  const float* h0 = nullptr;    // optional
+  const void* dout = nullptr;   // [B, T, HV, V] in dtype
+  const float* dht = nullptr;   // optional gradient of the final state
+  void* dq = nullptr;           // [B, T, H, K]  in dtype (summed over the value heads of a group)
+  void* dk = nullptr;
+  float* dg = nullptr;          // [B, T, H, K]  fp32
+  void* db = nullptr;
+  void* dv = nullptr;           // [B, T, HV, V] in dtype
+  void* dw = nullptr;
+  float* dh0 = nullptr;         // optional, [N, HV, K, V]
+};
+
+// True when a CUDA device is present and usable (tests skip with "skipped: no CUDA device" otherwise).
+bool device_available();
+std::string device_name();
+
+// Token-by-token forward (decode: T = 1, h0 == ht updates the state in place). Any K, V <= 256.
+void recurrent_forward(const Problem& p, const ForwardTensors& x, cudaStream_t stream = nullptr);
+
+// Chunkwise WY forward, chunk 64. K, V in {16, 32, 64, 128, 256} (see docs for the limits).
+void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, cudaStream_t stream = nullptr);
+
+// Gate-aware chunkwise backward (spec section 6): dq, dk, dv, dg, db, dw, dh0 from dout and dht.
+void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaStream_t stream = nullptr);
+
+}  // namespace gdr2::cuda
