@@ -16,7 +16,8 @@ enum class Gates {
   strong_decay,   // g in [-50, 0], some exactly 0 and some exactly -50
   negative_eig,   // b in [0, 2] (negative-eigenvalue variant)
   gate_edges,     // b, w exactly 0, 1 or 2 (b), mixed with interior values
-  raw_keys,       // q, k not normalised (normal entries), g in [-5, 0], b in [0, 2]
+  raw_keys,       // q, k not normalised: entries N(0, 1/d) (norms vary around 1), g in [-5, -0.1], b in [0, 1]
+                  // (b up to 2 with |k| > 1 makes 1 - b k.k < -1: the state grows exponentially)
 };
 inline constexpr Gates kAllGates[] = {Gates::typical, Gates::weak_decay, Gates::strong_decay,
                                       Gates::negative_eig, Gates::gate_edges, Gates::raw_keys};
@@ -43,7 +44,8 @@ struct Sampler {
   // One row of a key/query: unit norm unless raw.
   void key_row(Eigen::Ref<gdr2::Matrix<double>> row, bool raw) {
     for (Index d = 0; d < row.cols(); ++d) row(0, d) = normal();
-    if (!raw && row.norm() > 0) row /= row.norm();
+    if (raw) row /= std::sqrt(static_cast<double>(row.cols()));
+    else if (row.norm() > 0) row /= row.norm();
   }
   double log_decay(Gates r) {
     switch (r) {
@@ -54,7 +56,7 @@ struct Sampler {
   }
   double erase(Gates r) {
     switch (r) {
-      case Gates::negative_eig: case Gates::raw_keys: return uniform(0.0, 2.0);
+      case Gates::negative_eig: return uniform(0.0, 2.0);
       case Gates::gate_edges: { const int c = pick(4); return c == 0 ? 0.0 : c == 1 ? 1.0 : c == 2 ? 2.0 : uniform(0, 2); }
       default: return uniform(0.0, 1.0);
     }
@@ -117,17 +119,28 @@ inline gdr2::Batch<double> random_batch(std::uint64_t seed, Index B, Index T, In
   return x;
 }
 
-// Relative Frobenius error ||a - b|| / ||b|| in double (0 when both are zero).
-template <class A, class B>
-double relative_error(const A& a, const B& b) {
-  double num = 0, den = 0;
-  for (Index i = 0; i < b.rows(); ++i)
-    for (Index j = 0; j < b.cols(); ++j) {
-      const double x = gdr2::to_double(a(i, j)), y = gdr2::to_double(b(i, j));
-      num += (x - y) * (x - y);
-      den += y * y;
-    }
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+// Relative Frobenius error ||a - b|| / ||b|| (||a - b|| when b = 0), evaluated in the matrices' own scalar
+// type when it is at least as precise as double (so 1e-40 differences of multiprecision results are seen),
+// otherwise in double.
+template <class DA, class DB>
+double relative_error(const Eigen::MatrixBase<DA>& a, const Eigen::MatrixBase<DB>& b) {
+  using Scalar = typename DB::Scalar;
+  if constexpr (std::is_same_v<typename DA::Scalar, Scalar> &&
+                !std::is_same_v<Scalar, float> && !std::is_same_v<Scalar, Eigen::half> &&
+                !std::is_same_v<Scalar, Eigen::bfloat16>) {
+    using std::sqrt;
+    const Scalar num = (a - b).squaredNorm(), den = b.squaredNorm();
+    return gdr2::to_double(den == Scalar(0) ? Scalar(sqrt(num)) : Scalar(sqrt(num / den)));
+  } else {
+    double num = 0, den = 0;
+    for (Index i = 0; i < b.rows(); ++i)
+      for (Index j = 0; j < b.cols(); ++j) {
+        const double x = gdr2::to_double(a(i, j)), y = gdr2::to_double(b(i, j));
+        num += (x - y) * (x - y);
+        den += y * y;
+      }
+    return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+  }
 }
 
 }  // namespace gdr2_test

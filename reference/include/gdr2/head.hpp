@@ -46,7 +46,7 @@ struct Head {
     h.v = cast_matrix<To>(v);
     h.w = cast_matrix<To>(w);
     h.s0 = cast_matrix<To>(s0);
-    h.scale = from_double<To>(to_double(scale));
+    h.scale = convert<To>(scale);
     return h;
   }
 };

@@ -11,6 +11,7 @@
 #include <string>
 #include <sstream>
 #include <iomanip>
+#include <type_traits>
 
 namespace gdr2 {
 
@@ -46,18 +47,22 @@ auto exp_of(const Eigen::MatrixBase<Derived>& x) {
   return x.unaryExpr([](const Scalar& a) -> Scalar { using std::exp; return exp(a); });
 }
 
-// Converts a matrix to another scalar type, through double: exact when the values are doubles
-// (as gdr2's generators make them) and the target is double or wider; a single rounding into
-// float, half or bfloat16.
+// Converts one scalar to another: directly when the target type can be built from the source (e.g.
+// cpp_bin_float_50 -> cpp_bin_float_100 keeps every digit, double -> half rounds once), otherwise through
+// double (e.g. from an AutoDiffScalar's value).
+template <class To, class From>
+To convert(const From& x) {
+  if constexpr (std::is_same_v<To, From>) return x;
+  else if constexpr (std::is_constructible_v<To, const From&>) return static_cast<To>(x);
+  else return from_double<To>(to_double(x));
+}
+
+// Converts a matrix to another scalar type, coefficient by coefficient with convert<To>.
 template <class To, class From>
 Matrix<To> cast_matrix(const Matrix<From>& m) {
   Matrix<To> out(m.rows(), m.cols());
   for (Index i = 0; i < m.rows(); ++i)
-    for (Index j = 0; j < m.cols(); ++j) {
-      if constexpr (std::is_same_v<To, From>) out(i, j) = m(i, j);
-      else if constexpr (std::is_arithmetic_v<From>) out(i, j) = from_double<To>(static_cast<double>(m(i, j)));
-      else out(i, j) = from_double<To>(to_double(m(i, j)));
-    }
+    for (Index j = 0; j < m.cols(); ++j) out(i, j) = convert<To>(m(i, j));
   return out;
 }
 
