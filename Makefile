@@ -16,13 +16,15 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-verify: build
+verify: configure
+	cmake --build $(BUILD) -j $(JOBS) --target gdr2-verify
 	$(BUILD)/verify/gdr2-verify
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-bench: build
+bench: configure
+	cmake --build $(BUILD) -j $(JOBS) --target gdr2-bench
 	$(BUILD)/bench/gdr2-bench
 
 # On the GPU machine (see docs/performance.md): build for sm_90, GPU tests, sanitizers, benchmark.
