@@ -1,7 +1,7 @@
 #pragma once
 // Eigen::AutoDiffScalar as a gdr2 scalar: the ScalarOps gdr2 needs (value extraction, finiteness).
+#include "gdr2/scalar.hpp"  // Eigen/Core first: unsupported/Eigen/AutoDiff does not include it
 #include <unsupported/Eigen/AutoDiff>
-#include "gdr2/scalar.hpp"
 
 namespace gdr2 {
 
