@@ -143,4 +143,16 @@ double relative_error(const Eigen::MatrixBase<DA>& a, const Eigen::MatrixBase<DB
   }
 }
 
+// Random upstream gradients (dout: T x d_v, ds_final: d_k x d_v), N(0, 1) entries.
+struct Upstream {
+  gdr2::Matrix<double> dout, ds_final;
+};
+inline Upstream random_upstream(std::uint64_t seed, Index T, Index dk, Index dv) {
+  Sampler s(seed ^ 0xd007ULL);
+  Upstream u{gdr2::Matrix<double>(T, dv), gdr2::Matrix<double>(dk, dv)};
+  for (Index i = 0; i < u.dout.size(); ++i) u.dout.data()[i] = s.normal();
+  for (Index i = 0; i < u.ds_final.size(); ++i) u.ds_final.data()[i] = s.normal();
+  return u;
+}
+
 }  // namespace gdr2_test
