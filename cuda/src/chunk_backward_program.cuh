@@ -1,0 +1,572 @@
+#pragma once
+// The chunkwise backward of one (sequence, value head), written once as a "block program" that runs on
+// a CUDA thread block (BlockTeam) or, for validation without a GPU, serially on the host (SerialTeam).
+// Every loop below is `for (i = team.rank(); i < count; i += team.size())` and every stage ends with
+// team.sync(), so the host run executes exactly the arithmetic the device does (same fp32 formulas, same
+// summation order per output element).
+//
+// Notation (spec sections 5 and 6), one chunk of n <= 64 tokens, rows r, s in [0, n), channels d (key)
+// and j (value), S0 the state at the chunk start, dS the gradient of the state at the chunk end:
+//   G_r = sum_{i<=r} g_i, gamma_r = exp(G_r), e_r = b_r * k_r, Ebar_r = gamma_r e_r, Z = W * V,
+//   T_rs = sum_d e_r k_s exp(G_r - G_s) (s < r), Aqk_rs = sum_d q_r k_s exp(G_r - G_s) (s <= r),
+//   A = (I + T)^{-1}, Y = A Ebar, U = A Z, R = U - Y S0, Ktail_r = exp(G_last - G_r) k_r,
+//   O = scale (Qgamma S0 + Aqk R), S_end = Diag(gamma_last) S0 + Ktail^T R.
+// Stability: gamma_r^{-1} and Kbar = gamma^{-1} K are never formed. The spec's Kbar products are
+// evaluated elementwise as exp(G_r - G_s) with r >= s (<= 1 for g <= 0), so g = -50 per token
+// (G_r - G_s down to -3200) underflows to exact zeros and never overflows.
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace gdr2::cuda::detail::bwd {
+
+constexpr int kChunk = 64;
+
+struct BlockTeam {
+  __host__ __device__ int rank() const {
+#ifdef __CUDA_ARCH__
+    return static_cast<int>(threadIdx.x);
+#else
+    return 0;
+#endif
+  }
+  __host__ __device__ int size() const {
+#ifdef __CUDA_ARCH__
+    return static_cast<int>(blockDim.x);
+#else
+    return 1;
+#endif
+  }
+  __host__ __device__ void sync() const {
+#ifdef __CUDA_ARCH__
+    __syncthreads();
+#endif
+  }
+};
+
+struct SerialTeam {
+  __host__ __device__ int rank() const { return 0; }
+  __host__ __device__ int size() const { return 1; }
+  __host__ __device__ void sync() const {}
+};
+
+__host__ __device__ inline float load(const float* p) { return *p; }
+__host__ __device__ inline float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__host__ __device__ inline float load(const __half* p) { return __half2float(*p); }
+__host__ __device__ inline void store(float* p, float x) { *p = x; }
+__host__ __device__ inline void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+__host__ __device__ inline void store(__half* p, float x) { *p = __float2half_rn(x); }
+
+// exp of a (double) log-decay difference, evaluated in fp32 (arguments <= 0 for g <= 0).
+__host__ __device__ inline float exp32(double x) { return expf(static_cast<float>(x)); }
+
+// Adds into an fp32 accumulator shared by the value heads of a group (atomic on the device).
+__host__ __device__ inline void accumulate(float* p, float x) {
+#ifdef __CUDA_ARCH__
+  atomicAdd(p, x);
+#else
+  *p += x;
+#endif
+}
+
+template <class T>
+struct Args {
+  const T *q, *k, *v, *b, *w, *dout;
+  const float *g, *h0, *dht;
+  float *dq, *dk, *db, *dg;  // fp32 accumulators [B*T, H, K], zeroed before the launch
+  T *dv, *dw;                // [B*T, HV, V]
+  float* dh0;                // optional [N, HV, K, V]
+  const std::int32_t* cu_seqlens;  // nullptr: dense, sequence n covers [n T, (n + 1) T)
+  const std::int64_t* chunk_offset;  // [N + 1]: first chunk of sequence n in the state store
+  int T_len, H, HV, K, V, N;  // T_len: tokens per sequence (dense layout)
+  float scale;
+  float* states;   // chunk-start states S_c [total chunks, HV, K, V]
+  float* dstates;  // gradients of the chunk-end states [total chunks, HV, K, V]
+  float* prep;     // per (chunk, value head): Y, Ktail, Qgamma [C, K], U [C, V], Aqk [C, C], gamma_last [K]
+  float* scratch;  // per worker (scratch_floats(K, V) floats)
+};
+
+// Per-worker scratch (floats). Matrices are row-major with row stride K, V or kChunk.
+__host__ __device__ inline std::size_t scratch_floats(int K, int V) {
+  const std::size_t C = kChunk;
+  return 19 * C * K + 7 * C * C + 7 * C * V + 2 * static_cast<std::size_t>(K) * V + K;
+}
+
+struct Scratch {
+  // C x K: cumulative decay G in double (so G_r - G_s keeps full fp32 accuracy when |G| is in the
+  // hundreds or thousands; a float cumsum would lose ~eps |G| absolute), staged inputs, derived rows, gradients
+  double *G, *GT;  // GT, KcT, EbarT, AT, RT, ZT, S0T, dST: transposes, so that every inner loop reads
+                   // either one address per warp (broadcast) or consecutive addresses (coalesced)
+  float *KcT, *EbarT, *AT, *RT, *ZT, *S0T, *dST;
+  float *Qc, *Kc, *Ec, *Qg, *Ebar, *Ktail, *Y, *dY, *X, *dKt, *dEbar, *dGrow;
+  // C x C
+  float *A, *Aqk, *Tm, *dA, *M, *dAqk;
+  // C x V
+  float *Z, *R, *dO, *dR, *dZ;
+  // K
+  float* dGlast;
+  __host__ __device__ Scratch(float* base, int K, int V) {
+    const std::size_t CK = std::size_t(kChunk) * K, CC = std::size_t(kChunk) * kChunk, CV = std::size_t(kChunk) * V;
+    G = reinterpret_cast<double*>(base);  // base is 8-byte aligned (the host carves it so)
+    GT = G + CK;
+    float* p = base + 4 * CK;
+    KcT = p; p += CK;
+    EbarT = p; p += CK;
+    AT = p; p += CC;
+    RT = p; p += CV;
+    ZT = p; p += CV;
+    S0T = p; p += std::size_t(K) * V;
+    dST = p; p += std::size_t(K) * V;
+    float** ck[] = {&Qc, &Kc, &Ec, &Qg, &Ebar, &Ktail, &Y, &dY, &X, &dKt, &dEbar, &dGrow};
+    for (float** m : ck) { *m = p; p += CK; }
+    float** cc[] = {&A, &Aqk, &Tm, &dA, &M, &dAqk};
+    for (float** m : cc) { *m = p; p += CC; }
+    float** cv[] = {&Z, &R, &dO, &dR, &dZ};
+    for (float** m : cv) { *m = p; p += CV; }
+    dGlast = p;
+  }
+};
+
+// Eq. 18-23 for the chunk [t0, t0 + n) of key head h / value head hv with chunk-start state S0:
+// G, the staged q, k, e, Qgamma, Ebar, Ktail, Z, the scores T and Aqk, A = (I + T)^{-1}, Y, R.
+template <class Team, class T>
+__host__ __device__ void chunk_intermediates(const Team& team, const Args<T>& a, const Scratch& s, std::int64_t t0,
+                                             int n, int h, int hv, const float* S0) {
+  const int K = a.K, V = a.V, C = kChunk;
+  const int me = team.rank(), all = team.size();
+  auto key = [&](int r, int d) { return ((t0 + r) * a.H + h) * std::int64_t(K) + d; };
+  auto val = [&](int r, int j) { return ((t0 + r) * a.HV + hv) * std::int64_t(V) + j; };
+  // G_r = sum_{i<=r} g_i (per channel), and the staged rows.
+  for (int d = me; d < K; d += all) {
+    double acc = 0.0;
+    for (int r = 0; r < n; ++r) {
+      acc += static_cast<double>(a.g[key(r, d)]);
+      s.G[r * K + d] = acc;
+      s.GT[d * C + r] = acc;
+    }
+  }
+  for (int i = me; i < n * V; i += all) {
+    const int r = i / V, j = i % V;
+    s.Z[r * V + j] = load(a.w + val(r, j)) * load(a.v + val(r, j));  // Z = W * V
+  }
+  team.sync();
+  for (int i = me; i < n * K; i += all) {
+    const int r = i / K, d = i % K;
+    const float q = load(a.q + key(r, d)), k = load(a.k + key(r, d)), e = load(a.b + key(r, d)) * k;
+    const float gamma = exp32(s.G[i]);
+    s.Qc[i] = q;
+    s.Kc[i] = k;
+    s.KcT[d * C + r] = k;
+    s.Ec[i] = e;                                              // e_r = b_r * k_r
+    s.Qg[i] = gamma * q;                                      // row of Qgamma (without scale)
+    s.Ebar[i] = gamma * e;                                    // Ebar_r = gamma_r e_r
+    s.Ktail[i] = exp32(s.G[(n - 1) * K + d] - s.G[i]) * k;     // Ktail_r = exp(G_last - G_r) k_r
+  }
+  team.sync();
+  // T_rs (s < r) and Aqk_rs (s <= r), each decay factor exp(G_r - G_s) formed elementwise with r >= s.
+  for (int i = me; i < C * C; i += all) {
+    const int r = i / C, c = i % C;
+    float t = 0.f, aqk = 0.f;
+    if (r < n && c <= r) {
+      for (int d = 0; d < K; ++d) {
+        const float decayed_key = s.KcT[d * C + c] * exp32(s.G[r * K + d] - s.GT[d * C + c]);
+        aqk += s.Qc[r * K + d] * decayed_key;
+        t += s.Ec[r * K + d] * decayed_key;
+      }
+    }
+    s.Aqk[i] = aqk;
+    s.Tm[i] = c < r ? t : 0.f;
+    s.A[i] = r == c ? 1.f : 0.f;
+  }
+  team.sync();
+  // A = (I + T)^{-1} by forward substitution: A_rj = -sum_{c=j}^{r-1} T_rc A_cj, j < r.
+  for (int r = 1; r < n; ++r) {
+    for (int j = me; j < r; j += all) {
+      float acc = 0.f;
+      for (int c = j; c < r; ++c) acc += s.Tm[r * C + c] * s.A[c * C + j];
+      s.A[r * C + j] = -acc;
+    }
+    team.sync();
+  }
+  // Y = A Ebar, U = A Z (U held in R).
+  for (int i = me; i < n * K; i += all) {
+    const int r = i / K, d = i % K;
+    float acc = 0.f;
+    for (int c = 0; c <= r; ++c) acc += s.A[r * C + c] * s.Ebar[c * K + d];
+    s.Y[i] = acc;
+  }
+  for (int i = me; i < n * V; i += all) {
+    const int r = i / V, j = i % V;
+    float acc = 0.f;
+    for (int c = 0; c <= r; ++c) acc += s.A[r * C + c] * s.Z[c * V + j];
+    s.R[i] = acc;
+  }
+  team.sync();
+  if (S0 == nullptr) return;  // phase A keeps U (in R) and stops here
+  // R = U - Y S0.
+  for (int i = me; i < n * V; i += all) {
+    const int r = i / V, j = i % V;
+    float acc = s.R[i];
+    for (int d = 0; d < K; ++d) acc -= s.Y[r * K + d] * S0[d * V + j];
+    s.R[i] = acc;
+  }
+  team.sync();
+}
+
+// ---- the four phases ------------------------------------------------------------------------------------
+// A  prepare        (chunk, value head) in parallel: the state-free intermediates the sequential phases need
+//                   (Y, U, Ktail, Qgamma, Aqk, gamma_last) into the prep store.
+// B  forward states (sequence, value head, value tile): S_{c+1} = Diag(gamma_last) S_c + Ktail^T (U - Y S_c).
+// C  backward states (sequence, value head, value tile), chunks in reverse, dS = gradient of the chunk-end
+//                   state:  dR = Aqk^T dO + Ktail dS,  dS_c = Diag(gamma_last) dS + Qgamma^T dO - Y^T dR.
+// D  gradients      (chunk, value head) in parallel: recompute the chunk from S_c, take dS from phase C, and
+//                   apply the rest of spec section 6 (dq, dk, dg, db, dv, dw).
+// Every column j of the state recurrences B and C is independent, hence the value tiles.
+
+__host__ __device__ inline std::size_t prep_floats(int K, int V) {
+  const std::size_t C = kChunk, raw = 3 * C * K + C * V + C * C + K;
+  return (raw + 63) / 64 * 64;
+}
+
+struct Prep {
+  float *Y, *Ktail, *Qg, *U, *Aqk, *gl;
+  __host__ __device__ Prep(float* store, std::size_t item, int K, int V) {
+    const std::size_t CK = std::size_t(kChunk) * K;
+    float* p = store + item * prep_floats(K, V);
+    Y = p; Ktail = p + CK; Qg = p + 2 * CK; U = p + 3 * CK;
+    Aqk = U + std::size_t(kChunk) * V;
+    gl = Aqk + std::size_t(kChunk) * kChunk;
+  }
+};
+
+// Where chunk `gc` (global chunk index) lies: sequence n (binary search in chunk_offset), chunk c of it.
+struct ChunkAt {
+  int n, c, rows;
+  std::int64_t t0;
+};
+template <class T>
+__host__ __device__ ChunkAt locate_chunk(const Args<T>& a, std::int64_t gc) {
+  int lo = 0, hi = a.N;  // largest n with chunk_offset[n] <= gc (chunk_offset[N] > gc)
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (a.chunk_offset[mid] <= gc) lo = mid; else hi = mid;
+  }
+  ChunkAt at;
+  at.n = lo;
+  at.c = static_cast<int>(gc - a.chunk_offset[lo]);
+  const std::int64_t bos = a.cu_seqlens ? a.cu_seqlens[lo] : std::int64_t(lo) * a.T_len;
+  const std::int64_t eos = a.cu_seqlens ? a.cu_seqlens[lo + 1] : std::int64_t(lo + 1) * a.T_len;
+  at.t0 = bos + std::int64_t(at.c) * kChunk;
+  at.rows = static_cast<int>(eos - at.t0 < kChunk ? eos - at.t0 : kChunk);
+  return at;
+}
+
+template <class T>
+__host__ __device__ float* state_at(const Args<T>& a, float* store, std::int64_t gc, int hv) {
+  return store + (std::size_t(gc) * a.HV + hv) * std::size_t(a.K) * a.V;
+}
+
+// Phase A.
+template <class Team, class T>
+__host__ __device__ void prepare_chunk(const Team& team, const Args<T>& a, std::int64_t gc, int hv) {
+  const int K = a.K, V = a.V, C = kChunk;
+  const int me = team.rank(), all = team.size();
+  const ChunkAt at = locate_chunk(a, gc);
+  const Scratch s(a.scratch, K, V);
+  chunk_intermediates(team, a, s, at.t0, at.rows, hv / (a.HV / a.H), hv, static_cast<const float*>(nullptr));
+  const Prep p(a.prep, std::size_t(gc) * a.HV + hv, K, V);
+  const int nr = at.rows;
+  for (int i = me; i < nr * K; i += all) {
+    p.Y[i] = s.Y[i];
+    p.Ktail[i] = s.Ktail[i];
+    p.Qg[i] = s.Qg[i];
+  }
+  for (int i = me; i < nr * V; i += all) p.U[i] = s.R[i];  // U (chunk_intermediates stops before R)
+  for (int i = me; i < nr * C; i += all) p.Aqk[i] = s.Aqk[i];
+  for (int d = me; d < K; d += all) p.gl[d] = exp32(s.G[(nr - 1) * K + d]);
+  team.sync();
+}
+
+// Phases B and C keep their state tile and the chunk's operands in `local` (shared memory on the device,
+// scratch on the host): state_local_floats(K, W) floats. Within a warp every inner-loop read is either one
+// address (broadcast) or consecutive addresses.
+__host__ __device__ inline std::size_t state_local_floats(int K, int W) {
+  const std::size_t C = kChunk;
+  return static_cast<std::size_t>(K) * W + 3 * C * K + C * C + 2 * C * W + K;
+}
+
+// Phase B: columns [j0, j1) of the chunk-start states of sequence n, value head hv.
+template <class Team, class T>
+__host__ __device__ void forward_states(const Team& team, const Args<T>& a, int n, int hv, int j0, int j1,
+                                        float* local) {
+  const int K = a.K, V = a.V, W = j1 - j0;
+  const int me = team.rank(), all = team.size();
+  const std::int64_t first = a.chunk_offset[n], chunks = a.chunk_offset[n + 1] - first;
+  if (chunks == 0) return;
+  float* Sl = local;                                  // K x W   state tile S_c
+  float* Yl = Sl + std::size_t(K) * W;                // C x K   Y
+  float* Kl = Yl + std::size_t(kChunk) * K;           // C x K   Ktail
+  float* Ul = Kl + std::size_t(kChunk) * K;           // C x W   U
+  float* Rl = Ul + std::size_t(kChunk) * W;           // C x W   R
+  float* gl = Rl + std::size_t(kChunk) * W;           // K       gamma_last
+  float* S = state_at(a, a.states, first, hv);
+  for (int i = me; i < K * W; i += all) {
+    const int d = i / W, j = j0 + i % W;
+    const float s0 = a.h0 ? a.h0[(std::size_t(n) * a.HV + hv) * K * V + d * V + j] : 0.f;
+    Sl[i] = s0;
+    S[d * V + j] = s0;
+  }
+  for (std::int64_t c = 0; c + 1 < chunks; ++c) {
+    const ChunkAt at = locate_chunk(a, first + c);
+    const int nr = at.rows;
+    const Prep p(a.prep, std::size_t(first + c) * a.HV + hv, K, V);
+    for (int i = me; i < nr * K; i += all) {
+      Yl[i] = p.Y[i];
+      Kl[i] = p.Ktail[i];
+    }
+    for (int i = me; i < nr * W; i += all) Ul[i] = p.U[(i / W) * V + j0 + i % W];
+    for (int d = me; d < K; d += all) gl[d] = p.gl[d];
+    team.sync();
+    for (int i = me; i < nr * W; i += all) {  // R = U - Y S0
+      const int r = i / W, jj = i % W;
+      float acc = Ul[i];
+      for (int d = 0; d < K; ++d) acc -= Yl[r * K + d] * Sl[d * W + jj];
+      Rl[i] = acc;
+    }
+    team.sync();
+    float* S1 = state_at(a, a.states, first + c + 1, hv);
+    for (int i = me; i < K * W; i += all) {  // Eq. 25: S_end = Diag(gamma_last) S0 + Ktail^T R (in place)
+      const int d = i / W, jj = i % W;
+      float acc = gl[d] * Sl[i];
+      for (int r = 0; r < nr; ++r) acc += Kl[r * K + d] * Rl[r * W + jj];
+      Sl[i] = acc;
+      S1[d * V + j0 + jj] = acc;
+    }
+    team.sync();
+  }
+}
+
+// Phase C: columns [j0, j1) of the chunk-end state gradients (and dh0).
+template <class Team, class T>
+__host__ __device__ void backward_states(const Team& team, const Args<T>& a, int n, int hv, int j0, int j1,
+                                         float* local) {
+  const int K = a.K, V = a.V, C = kChunk, W = j1 - j0;
+  const int me = team.rank(), all = team.size();
+  const std::int64_t first = a.chunk_offset[n], chunks = a.chunk_offset[n + 1] - first;
+  const std::size_t state_base = (std::size_t(n) * a.HV + hv) * K * V;
+  float* dSl = local;                                 // K x W   dS (gradient of the chunk-end state)
+  float* Yl = dSl + std::size_t(K) * W;               // C x K   Y
+  float* Kl = Yl + std::size_t(C) * K;                // C x K   Ktail
+  float* Ql = Kl + std::size_t(C) * K;                // C x K   Qgamma
+  float* Al = Ql + std::size_t(C) * K;                // C x C   Aqk
+  float* dOl = Al + std::size_t(C) * C;               // C x W   scale * dout
+  float* dRl = dOl + std::size_t(C) * W;              // C x W   dR
+  float* gl = dRl + std::size_t(C) * W;               // K       gamma_last
+  for (int i = me; i < K * W; i += all) {
+    const int d = i / W, j = j0 + i % W;
+    const float ds = a.dht ? a.dht[state_base + d * V + j] : 0.f;
+    dSl[i] = ds;
+    if (chunks > 0) state_at(a, a.dstates, first + chunks - 1, hv)[d * V + j] = ds;
+    else if (a.dh0) a.dh0[state_base + d * V + j] = ds;
+  }
+  for (std::int64_t c = chunks - 1; c >= 0; --c) {
+    const ChunkAt at = locate_chunk(a, first + c);
+    const int nr = at.rows;
+    const Prep p(a.prep, std::size_t(first + c) * a.HV + hv, K, V);
+    for (int i = me; i < nr * K; i += all) {
+      Yl[i] = p.Y[i];
+      Kl[i] = p.Ktail[i];
+      Ql[i] = p.Qg[i];
+    }
+    for (int i = me; i < nr * C; i += all) Al[i] = p.Aqk[i];
+    for (int i = me; i < nr * W; i += all) {
+      const int r = i / W, j = j0 + i % W;
+      dOl[i] = a.scale * load(a.dout + ((at.t0 + r) * a.HV + hv) * std::int64_t(V) + j);
+    }
+    for (int d = me; d < K; d += all) gl[d] = p.gl[d];
+    team.sync();
+    for (int i = me; i < nr * W; i += all) {  // dR = Aqk^T dO + Ktail dS
+      const int r = i / W, jj = i % W;
+      float acc = 0.f;
+      for (int r2 = r; r2 < nr; ++r2) acc += Al[r2 * C + r] * dOl[r2 * W + jj];
+      for (int d = 0; d < K; ++d) acc += Kl[r * K + d] * dSl[d * W + jj];
+      dRl[i] = acc;
+    }
+    team.sync();
+    float* dS0 = c > 0 ? state_at(a, a.dstates, first + c - 1, hv) : nullptr;
+    for (int i = me; i < K * W; i += all) {  // dS_c = Diag(gamma_last) dS + Qgamma^T dO - Y^T dR (in place)
+      const int d = i / W, jj = i % W;
+      float acc = gl[d] * dSl[i];
+      for (int r = 0; r < nr; ++r) acc += Ql[r * K + d] * dOl[r * W + jj] - Yl[r * K + d] * dRl[r * W + jj];
+      dSl[i] = acc;
+      if (dS0) dS0[d * V + j0 + jj] = acc;
+      else if (a.dh0) a.dh0[state_base + d * V + j0 + jj] = acc;
+    }
+    team.sync();
+  }
+  team.sync();
+}
+
+// Phase D: every input gradient of chunk gc, value head hv.
+template <class Team, class T>
+__host__ __device__ void chunk_gradients(const Team& team, const Args<T>& a, std::int64_t gc, int hv) {
+  const int K = a.K, V = a.V, C = kChunk;
+  const int me = team.rank(), all = team.size();
+  const int h = hv / (a.HV / a.H);
+  const ChunkAt at = locate_chunk(a, gc);
+  const std::int64_t t0 = at.t0;
+  const int nr = at.rows, last = nr - 1;
+  const Scratch s(a.scratch, K, V);
+  const float* S0 = state_at(a, a.states, gc, hv);
+  const float* dS = state_at(a, a.dstates, gc, hv);
+  chunk_intermediates(team, a, s, t0, nr, h, hv, S0);
+  auto key = [&](int r, int d) { return ((t0 + r) * a.H + h) * std::int64_t(K) + d; };
+  auto val = [&](int r, int j) { return ((t0 + r) * a.HV + hv) * std::int64_t(V) + j; };
+  // Transposes for coalesced inner loops below.
+  for (int i = me; i < K * V; i += all) {
+    const int d = i / V, j = i % V;
+    s.S0T[j * K + d] = S0[i];
+    s.dST[j * K + d] = dS[i];
+  }
+  for (int i = me; i < C * C; i += all) s.AT[(i % C) * C + i / C] = s.A[i];
+  for (int i = me; i < nr * V; i += all) {
+    s.RT[(i % V) * C + i / V] = s.R[i];
+    s.ZT[(i % V) * C + i / V] = s.Z[i];
+  }
+  for (int i = me; i < nr * K; i += all) s.EbarT[(i % K) * C + i / K] = s.Ebar[i];
+  // dO (scaled: O carries the factor scale).
+  for (int i = me; i < nr * V; i += all) s.dO[i] = a.scale * load(a.dout + val(i / V, i % V));
+  team.sync();
+  // dR = Aqk^T dO + Ktail dS.
+  for (int i = me; i < nr * V; i += all) {
+    const int r = i / V, j = i % V;
+    float acc = 0.f;
+    for (int r2 = r; r2 < nr; ++r2) acc += s.Aqk[r2 * C + r] * s.dO[r2 * V + j];
+    for (int d = 0; d < K; ++d) acc += s.Ktail[r * K + d] * dS[d * V + j];
+    s.dR[i] = acc;
+  }
+  team.sync();
+  // dY = -dR S0^T; X = dQgamma = dO S0^T; dKtail = R dS^T.
+  for (int i = me; i < nr * K; i += all) {
+    const int r = i / K, d = i % K;
+    float dy = 0.f, x = 0.f, dkt = 0.f;
+    for (int j = 0; j < V; ++j) {
+      const float s0 = s.S0T[j * K + d];
+      dy -= s.dR[r * V + j] * s0;
+      x += s.dO[r * V + j] * s0;
+      dkt += s.R[r * V + j] * s.dST[j * K + d];
+    }
+    s.dY[i] = dy;
+    s.X[i] = x;
+    s.dKt[i] = dkt;
+  }
+  // dG_last from Diag(gamma_last) S0: gamma_last * rowsum(dS * S0).
+  for (int d = me; d < K; d += all) {
+    float acc = 0.f;
+    for (int j = 0; j < V; ++j) acc += s.dST[j * K + d] * s.S0T[j * K + d];
+    s.dGlast[d] = exp32(s.G[last * K + d]) * acc;
+  }
+  // dZ = A^T dU = A^T dR; then dW = dZ * V, dV = dZ * W.
+  for (int i = me; i < nr * V; i += all) {
+    const int r = i / V, j = i % V;
+    float acc = 0.f;
+    for (int r2 = r; r2 < nr; ++r2) acc += s.A[r2 * C + r] * s.dR[r2 * V + j];
+    store(a.dw + val(r, j), acc * load(a.v + val(r, j)));
+    store(a.dv + val(r, j), acc * load(a.w + val(r, j)));
+  }
+  // dAqk = dO R^T on r >= s (dO already scaled).
+  for (int i = me; i < C * C; i += all) {
+    const int r = i / C, c = i % C;
+    float acc = 0.f;
+    if (r < nr && c <= r)
+      for (int j = 0; j < V; ++j) acc += s.dO[r * V + j] * s.RT[j * C + c];
+    s.dAqk[i] = acc;
+  }
+  team.sync();
+  // dA = dU Z^T + dY Ebar^T (only the strictly lower part matters: A - I is strictly lower);
+  // dEbar = A^T dY.
+  for (int i = me; i < C * C; i += all) {
+    const int r = i / C, c = i % C;
+    float acc = 0.f;
+    if (r < nr && c < r) {
+      for (int j = 0; j < V; ++j) acc += s.dR[r * V + j] * s.ZT[j * C + c];
+      for (int d = 0; d < K; ++d) acc += s.dY[r * K + d] * s.EbarT[d * C + c];
+    }
+    s.dA[i] = acc;
+  }
+  for (int i = me; i < nr * K; i += all) {
+    const int r = i / K, d = i % K;
+    float acc = 0.f;
+    for (int r2 = r; r2 < nr; ++r2) acc += s.A[r2 * C + r] * s.dY[r2 * K + d];
+    s.dEbar[i] = acc;
+  }
+  team.sync();
+  // dT = -tril(A^T dA A^T, -1): first M = A^T dA (M_rj = sum_{i >= max(r, j+1)} A_ir dA_ij).
+  for (int i = me; i < C * C; i += all) {
+    const int r = i / C, j = i % C;
+    float acc = 0.f;
+    if (r < nr && j < nr)
+      for (int i2 = (r > j + 1 ? r : j + 1); i2 < nr; ++i2) acc += s.A[i2 * C + r] * s.dA[i2 * C + j];
+    s.M[i] = acc;
+  }
+  team.sync();
+  for (int i = me; i < C * C; i += all) {  // dT_rs = -sum_{j <= s} M_rj A_sj, s < r (held in Tm)
+    const int r = i / C, c = i % C;
+    float acc = 0.f;
+    if (r < nr && c < r)
+      for (int j = 0; j <= c; ++j) acc += s.M[r * C + j] * s.AT[j * C + c];
+    s.Tm[i] = -acc;
+  }
+  team.sync();
+  // Per (r, d): the gated score VJPs and everything elementwise.
+  //   T_rs = sum_d e_r k_s exp(G_r - G_s):    de_r += sum_{s<r} dT_rs k_s x_rs =: P,
+  //                                             dk_s += sum_{r>s} dT_rs e_r x_rs =: Q,  dG_r += e_r P, dG_s -= k_s Q
+  //   Aqk_rs = sum_d q_r k_s exp(G_r - G_s):  dq_r += sum_{s<=r} dAqk_rs k_s x_rs =: Pq,
+  //                                             dk_s += sum_{r>=s} dAqk_rs q_r x_rs =: Qk, dG_r += q_r Pq, dG_s -= k_s Qk
+  //   Ebar = gamma e:  de += gamma dEbar, dG += gamma e dEbar;   Qgamma = gamma q: dq += gamma X, dG += gamma q X
+  //   Ktail_r = exp(G_last - G_r) k_r:  dk_r += x_tail dKt, dG_r -= x_tail k_r dKt (dG_last gains the sum)
+  //   e = b * k:  db = de * k, dk += de * b.
+  for (int i = me; i < nr * K; i += all) {
+    const int r = i / K, d = i % K;
+    const double Gr = s.G[i];
+    float P = 0.f, Pq = 0.f, Q = 0.f, Qk = 0.f;
+    for (int c = 0; c <= r; ++c) {
+      const float decayed_key = s.Kc[c * K + d] * exp32(Gr - s.G[c * K + d]);
+      P += s.Tm[r * C + c] * decayed_key;  // Tm (dT) is zero on the diagonal
+      Pq += s.dAqk[r * C + c] * decayed_key;
+    }
+    for (int r2 = r; r2 < nr; ++r2) {
+      const float x = exp32(s.G[r2 * K + d] - Gr);
+      Q += s.Tm[r2 * C + r] * s.Ec[r2 * K + d] * x;
+      Qk += s.dAqk[r2 * C + r] * s.Qc[r2 * K + d] * x;
+    }
+    const float gamma = exp32(Gr), q = s.Qc[i], k = s.Kc[i], e = s.Ec[i];
+    const float b = load(a.b + key(r, d));
+    const float tail = exp32(s.G[last * K + d] - Gr);
+    const float de = gamma * s.dEbar[i] + P;
+    const float dq = Pq + gamma * s.X[i];
+    const float dk = Q + Qk + tail * s.dKt[i] + de * b;
+    // dG_r: seven terms that largely cancel (their sum is far smaller than each), combined in double.
+    s.dGrow[i] = static_cast<float>(double(gamma * e) * s.dEbar[i] + double(e) * P - double(k) * Q + double(q) * Pq -
+                                    double(k) * Qk + double(gamma * q) * s.X[i] - double(tail * k) * s.dKt[i]);
+    accumulate(a.dq + key(r, d), dq);
+    accumulate(a.dk + key(r, d), dk);
+    accumulate(a.db + key(r, d), de * k);
+  }
+  team.sync();
+  // dg_i = sum_{r >= i} dG_r within the chunk (G restarts at every chunk); dG_last also collects
+  // the Ktail and Diag(gamma_last) terms.
+  for (int d = me; d < K; d += all) {
+    double acc = s.dGlast[d];  // reverse cumulative sum in double (up to 64 cancelling terms)
+    for (int r = 0; r < nr; ++r) acc += double(s.Ktail[r * K + d]) * s.dKt[r * K + d];
+    for (int r = last; r >= 0; --r) {
+      acc += s.dGrow[r * K + d];
+      accumulate(a.dg + key(r, d), static_cast<float>(acc));
+    }
+  }
+  team.sync();
+}
+
+}  // namespace gdr2::cuda::detail::bwd

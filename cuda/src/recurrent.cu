@@ -1,0 +1,139 @@
+// Token-by-token forward (spec section 2, Eq. 8-10), fp32 state, any T (decode: T = 1, h0 == ht).
+//
+// Work split: one block per (32-column tile of V, value head hv, sequence n), 4 warps. Lane = state
+// column c (so state loads/stores are coalesced); warp j holds rows [j*KR, (j+1)*KR) of that column in
+// registers (KR = ceil(K/4) rounded up to a power of two, <= 64). Per token the key-side vectors are
+// staged in shared memory and the two reductions over K (r_t and o_t) go through shared memory.
+#include <algorithm>
+
+#include "common.cuh"
+
+namespace gdr2::cuda {
+namespace {
+using namespace detail;
+
+constexpr int kWarps = 4;
+constexpr int kColumns = 32;
+
+template <class T, int KR>
+__global__ void __launch_bounds__(kWarps * 32)
+recurrent_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                         const float* __restrict__ g, const T* __restrict__ b, const T* __restrict__ w,
+                         const float* h0, T* __restrict__ o, float* ht, const std::int32_t* __restrict__ cu_seqlens,
+                         int T_, int H, int HV, int K, int V, float scale) {
+  extern __shared__ float smem[];
+  float* s_alpha = smem;          // exp(g_t)        [K]
+  float* s_erase = s_alpha + K;   // e_t = b_t * k_t [K]
+  float* s_key = s_erase + K;     // k_t             [K]
+  float* s_query = s_key + K;     // q_t             [K]
+  __shared__ float s_read[kWarps][kColumns];  // partial r_t per warp
+  __shared__ float s_out[kWarps][kColumns];   // partial o_t per warp
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int c = blockIdx.x * kColumns + lane;
+  const int hv = blockIdx.y, n = blockIdx.z;
+  const int h = hv / (HV / H);
+  const bool column_ok = c < V;
+  const SeqRange seq = sequence_range(cu_seqlens, n, T_);
+
+  float state[KR];  // S[warp*KR + i][c]
+  const std::size_t state_base = (static_cast<std::size_t>(n) * HV + hv) * K * V;
+#pragma unroll
+  for (int i = 0; i < KR; ++i) {
+    const int d = warp * KR + i;
+    state[i] = (h0 != nullptr && column_ok && d < K) ? h0[state_base + static_cast<std::size_t>(d) * V + c] : 0.0f;
+  }
+
+  for (std::int64_t t = seq.bos; t < seq.eos; ++t) {
+    const std::size_t key_at = (static_cast<std::size_t>(t) * H + h) * K;
+    for (int d = threadIdx.x; d < K; d += blockDim.x) {
+      const float kd = to_float(k[key_at + d]);
+      s_alpha[d] = expf(g[key_at + d]);           // alpha_t = exp(g_t)
+      s_erase[d] = to_float(b[key_at + d]) * kd;  // e_t = b_t * k_t
+      s_key[d] = kd;
+      s_query[d] = to_float(q[key_at + d]);
+    }
+    const std::size_t value_at = (static_cast<std::size_t>(t) * HV + hv) * V + c;
+    const float written = column_ok ? to_float(w[value_at]) * to_float(v[value_at]) : 0.0f;  // z_t = w_t * v_t
+    __syncthreads();
+    float partial = 0.0f;
+#pragma unroll
+    for (int i = 0; i < KR; ++i) {
+      const int d = warp * KR + i;
+      if (d < K) {
+        state[i] *= s_alpha[d];               // Eq. 8: Sbar_t = Diag(alpha_t) S_{t-1}
+        partial = fmaf(state[i], s_erase[d], partial);  // Eq. 9: r_t = Sbar_t^T e_t
+      }
+    }
+    s_read[warp][lane] = partial;
+    __syncthreads();
+    float read = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kWarps; ++j) read += s_read[j][lane];
+    const float delta = written - read;  // z_t - r_t
+    partial = 0.0f;
+#pragma unroll
+    for (int i = 0; i < KR; ++i) {
+      const int d = warp * KR + i;
+      if (d < K) {
+        state[i] = fmaf(s_key[d], delta, state[i]);      // Eq. 10: S_t = Sbar_t + k_t (z_t - r_t)^T
+        partial = fmaf(state[i], s_query[d], partial);  // o_t = scale * S_t^T q_t
+      }
+    }
+    s_out[warp][lane] = partial;
+    __syncthreads();
+    if (warp == 0 && column_ok) {
+      float out = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kWarps; ++j) out += s_out[j][lane];
+      o[value_at] = from_float<T>(scale * out);
+    }
+  }
+  if (ht != nullptr && column_ok) {
+#pragma unroll
+    for (int i = 0; i < KR; ++i) {
+      const int d = warp * KR + i;
+      if (d < K) ht[state_base + static_cast<std::size_t>(d) * V + c] = state[i];
+    }
+  }
+}
+
+template <class T, int KR>
+void launch_recurrent(const Problem& p, const ForwardTensors& x, int N, float scale, cudaStream_t stream) {
+  const dim3 grid((p.V + kColumns - 1) / kColumns, p.HV, N);
+  const std::size_t shared = 4 * static_cast<std::size_t>(p.K) * sizeof(float);
+  recurrent_forward_kernel<T, KR><<<grid, kWarps * 32, shared, stream>>>(
+      static_cast<const T*>(x.q), static_cast<const T*>(x.k), static_cast<const T*>(x.v), x.g,
+      static_cast<const T*>(x.b), static_cast<const T*>(x.w), x.h0, static_cast<T*>(x.o), x.ht, p.cu_seqlens, p.T,
+      p.H, p.HV, p.K, p.V, scale);
+  detail::check_launch("gdr2::cuda::recurrent_forward", "recurrent_forward_kernel");
+}
+
+}  // namespace
+
+void recurrent_forward(const Problem& p, const ForwardTensors& x, cudaStream_t stream) {
+  using namespace detail;
+  const char* who = "gdr2::cuda::recurrent_forward";
+  const Validated checked = validate_problem(p, who);
+  if (p.K > 256 || p.V > 256)
+    fail(who, ": K and V must be <= 256 (state column held in registers), got K = ", p.K, ", V = ", p.V);
+  validate_forward_tensors(p, x, who);
+  if (x.h0 != nullptr && x.ht != nullptr && x.h0 != x.ht) {
+    // Partial overlap would let one block read state another block already overwrote.
+    const std::size_t bytes = static_cast<std::size_t>(checked.N) * p.HV * p.K * p.V * sizeof(float);
+    const char* a = reinterpret_cast<const char*>(x.h0);
+    const char* z = reinterpret_cast<const char*>(x.ht);
+    if (a < z + bytes && z < a + bytes) fail(who, ": h0 and ht overlap partially (they must be equal or disjoint)");
+  }
+  const int rows_per_warp = (p.K + kWarps - 1) / kWarps;
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (rows_per_warp <= 4) launch_recurrent<T, 4>(p, x, checked.N, checked.scale, stream);
+    else if (rows_per_warp <= 8) launch_recurrent<T, 8>(p, x, checked.N, checked.scale, stream);
+    else if (rows_per_warp <= 16) launch_recurrent<T, 16>(p, x, checked.N, checked.scale, stream);
+    else if (rows_per_warp <= 32) launch_recurrent<T, 32>(p, x, checked.N, checked.scale, stream);
+    else launch_recurrent<T, 64>(p, x, checked.N, checked.scale, stream);
+  });
+}
+
+}  // namespace gdr2::cuda

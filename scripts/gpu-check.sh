@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# gpu-check: on a machine with an NVIDIA GPU, build the CUDA kernels for sm_90 (override with
+# GDR2_CUDA_ARCH), run the GPU tests (ctest -R '^Cuda'), compute-sanitizer memcheck and racecheck on small
+# cases, gdr2-verify against the CUDA kernels (with gradients), and the CUDA benchmarks; print a short table
+# last. Logs go to $GPU_CHECK_LOGS, else $OUT (if set), else $BUILD/gpu-check.
+# With FLA_DIR pointing at a copy of flash-linear-attention (and torch + triton installed), the same run also
+# times its GDN-2 kernels at the same shapes (bench/fla_compare.py) and checks its chunk kernel through the
+# port protocol (verify/ports/torch_port.py): the comparison of docs/performance.md.
+#
+#   make gpu-check                                   # from the repository root
+#   BUILD=build-gpu GPU_CHECK_CMAKE_ARGS="-DCMAKE_PREFIX_PATH=/opt/deps/usr" scripts/gpu-check.sh
+#
+# Steps can be skipped: GPU_CHECK_SKIP="sanitizer verify bench fla". Exit status: 0 when every step passed.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build-gpu}
+LOGS=${GPU_CHECK_LOGS:-${OUT:-$BUILD/gpu-check}}
+ARCH=${GDR2_CUDA_ARCH:-90}
+JOBS=${JOBS:-$(nproc)}
+SKIP=${GPU_CHECK_SKIP:-}
+mkdir -p "$LOGS"
+declare -a SUMMARY=()
+status=0
+step() {  # step NAME LOGFILE COMMAND...: run, record PASS/FAIL with the elapsed time
+  local name=$1 log=$2; shift 2
+  local start=$SECONDS
+  echo "== $name" >&2
+  if "$@" >"$LOGS/$log" 2>&1; then
+    SUMMARY+=("$(printf '%-34s %-6s %5ss  %s' "$name" PASS $((SECONDS - start)) "$log")")
+  else
+    SUMMARY+=("$(printf '%-34s %-6s %5ss  %s' "$name" FAIL $((SECONDS - start)) "$log")")
+    status=1
+    tail -n 40 "$LOGS/$log" >&2
+  fi
+}
+skipped() { [[ " $SKIP " == *" $1 "* ]]; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$LOGS/gpu.txt" 2>&1 || true
+echo "GPU: $(head -n1 "$LOGS/gpu.txt")" >&2
+
+# ---- build ----------------------------------------------------------------------------------------------
+# shellcheck disable=SC2086
+step "configure (sm_$ARCH)" configure.log cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DGDR2_CUDA_RESOURCE_REPORT=ON ${GPU_CHECK_CMAKE_ARGS:-}
+TARGETS=(gdr2_cuda test_cuda_forward gdr2-bench gdr2-verify)
+# (grep reads all of the help text: with pipefail, grep -q closing the pipe early would fail the test.)
+if cmake --build "$BUILD" --target help 2>/dev/null | grep -c 'test_cuda_backward' >/dev/null; then
+  TARGETS+=(test_cuda_backward)
+fi
+step "build ${TARGETS[*]}" build.log cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"
+grep -E 'Function properties|registers|spill' "$LOGS/build.log" >"$LOGS/ptxas-resources.txt" 2>/dev/null || true
+
+# ---- GPU tests ----------------------------------------------------------------------------------------------
+step "ctest -R '^Cuda'" ctest.log ctest --test-dir "$BUILD" -R '^Cuda' --no-tests=error --output-on-failure -j 4 --timeout 600
+
+# ---- compute-sanitizer on small cases ------------------------------------------------------------------------
+FWD="$BUILD/tests/test_cuda_forward"
+BWD="$BUILD/tests/test_cuda_backward"
+FWD_SMALL=${GPU_CHECK_FWD_FILTER:-'CudaForward.VariableLengthSequences:CudaForward.ZeroInitialStateAndNoFinalState:CudaForward.EmptySequenceCopiesTheState:CudaApi.*'}
+BWD_SMALL=${GPU_CHECK_BWD_FILTER:-'*Small*:*Varlen*'}
+if ! skipped sanitizer && command -v compute-sanitizer >/dev/null; then
+  for tool in memcheck racecheck; do
+    step "sanitizer $tool (forward)" "sanitizer-$tool-forward.log" \
+      compute-sanitizer --tool "$tool" --error-exitcode 3 "$FWD" --gtest_filter="$FWD_SMALL"
+    if [[ -x "$BWD" ]]; then
+      step "sanitizer $tool (backward)" "sanitizer-$tool-backward.log" \
+        compute-sanitizer --tool "$tool" --error-exitcode 3 "$BWD" --gtest_filter="$BWD_SMALL"
+    fi
+  done
+fi
+
+# ---- gdr2-verify against the CUDA kernels ---------------------------------------------------------------------
+if ! skipped verify; then
+  step "gdr2-verify cuda-* --grad" verify-cuda.log "$BUILD/verify/gdr2-verify" \
+    --target cuda-recurrent cuda-chunk-fast cuda-chunk-accurate --grad --cases "${GPU_CHECK_VERIFY_CASES:-100}" \
+    --repro-dir "$LOGS/failures" --json "$LOGS/verify-cuda.json"
+fi
+
+# ---- benchmarks -----------------------------------------------------------------------------------------------
+if ! skipped bench; then
+  step "gdr2-bench --filter cuda/" bench.log "$BUILD/bench/gdr2-bench" --filter cuda/ --json "$LOGS/bench.json"
+fi
+
+# ---- flash-linear-attention, measured in the same run (only when FLA_DIR is given) --------------------------------
+if [[ -n "${FLA_DIR:-}" ]] && ! skipped fla; then
+  step "fla GDN-2 timings" fla-bench.log env PYTHONPATH="$FLA_DIR:${PYTHONPATH:-}" \
+    python3 "$ROOT/bench/fla_compare.py" --json "$LOGS/fla-bench.json"
+  # fla's chunk_gdn2 takes HV == H only (--no-gva) and bf16 inputs.
+  step "gdr2-verify fla chunk_gdn2 (port)" verify-fla.log env PYTHONPATH="$FLA_DIR:${PYTHONPATH:-}" \
+    "$BUILD/verify/gdr2-verify" --port-cmd "python3 $ROOT/verify/ports/torch_port.py --kernel fla.ops.gdn2:chunk_gdn2 --no-gva" \
+    --contract bf16 --grad --cases "${GPU_CHECK_FLA_CASES:-30}" --repro-dir "$LOGS/failures-fla" --json "$LOGS/verify-fla.json"
+fi
+
+# ---- summary ---------------------------------------------------------------------------------------------------
+{
+  echo
+  echo "gpu-check on $(head -n1 "$LOGS/gpu.txt") (sm_$ARCH), logs in $LOGS"
+  grep -hE '^\[  (PASSED|FAILED|SKIPPED) \]|tests passed|tests failed' "$LOGS/ctest.log" 2>/dev/null | tail -n 3
+  for line in "${SUMMARY[@]}"; do echo "  $line"; done
+  for log in verify-cuda.log verify-fla.log; do
+    [[ -f "$LOGS/$log" ]] && { echo; echo "$log:"; grep -vE '^(gdr2-verify:|CUDA targets)' "$LOGS/$log" | head -n 40; }
+  done
+  if [[ -f "$LOGS/bench.log" ]]; then
+    echo
+    grep -E '^(benchmark|cuda/)' "$LOGS/bench.log"
+  fi
+  [[ -f "$LOGS/fla-bench.log" ]] && { echo; cat "$LOGS/fla-bench.log"; }
+} | tee "$LOGS/summary.txt"
+exit $status

@@ -1,0 +1,437 @@
+// Tests of the CUDA chunkwise backward (gdr2::cuda::chunk_backward).
+//
+// Oracle: a token-by-token backward in double (spec section 6, "token-by-token backward"), written here
+// independently of the kernel and itself checked against forward-mode automatic differentiation of the
+// reference forward (adjoint identity <grad, x_dot> = <dout, o_dot> + <dht, ht_dot>).
+//
+// Suites:
+//   ChunkBackwardOracle     the oracle vs Eigen::AutoDiffScalar on gdr2::recurrent_forward (CPU).
+//   ChunkBackwardEmulation  the kernel's block program run serially on the host (same fp32 formulas) vs
+//                           the oracle: checks the backward's mathematics without a GPU (CPU).
+//   CudaBackwardApi         host-side argument validation (runs everywhere, fails before any CUDA call).
+//   CudaBackward            the kernel on the GPU vs the oracle; "skipped: no CUDA device" without one.
+//
+// Tolerance of a gradient tensor X (relative Frobenius error against the double oracle on the inputs as
+// the device sees them, i.e. rounded to the storage dtype):
+//     tol(X) = u(X) + 10 * e_f(X)
+//   u(X)    unit roundoff of X's storage type (dq, dk, db, dv, dw are stored in dtype; dg, dh0 in fp32):
+//           rounding each stored entry by <= u relative moves the Frobenius norm by <= u relative.
+//   e_f(X)  error of the same oracle evaluated in float on the same inputs: the error an fp32
+//           implementation of this operator makes on this problem; times 10 because the kernel uses a
+//           different (chunkwise, WY) association and summation order. For dg the factor is C = 64: the
+//           chunk form gets dg as a reverse cumulative sum over up to C rows of terms that largely cancel
+//           (measured: 10x-25x the token form's float error), where the token form sums one row per token.
+// The accurate-mode requirement (< 1e-5 on typical inputs, spec section 8's regime) is asserted as well.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gdr2/autodiff.hpp>
+#include <gdr2/reference.hpp>
+
+#include "../cuda/src/chunk_backward_emulation.cuh"
+#include "cuda_testbed.hpp"
+#include "problems.hpp"
+
+namespace {
+
+using gdr2::Index;
+using gdr2::cuda::DType;
+using gdr2::cuda::Mode;
+using gdr2_test::Gates;
+using namespace gdr2_test::cuda;
+
+#define GDR2_REQUIRE_DEVICE() \
+  if (!gdr2::cuda::device_available()) GTEST_SKIP() << "skipped: no CUDA device"
+
+// ---- oracle: token-by-token backward (spec section 6) -----------------------------------------------
+
+template <class S>
+struct HeadGrads {
+  gdr2::Matrix<S> dq, dk, dg, db, dv, dw, ds0;
+};
+
+template <class S>
+HeadGrads<S> token_backward(const gdr2::Head<S>& h, const gdr2::Matrix<S>& dout, const gdr2::Matrix<S>& ds_final) {
+  using M = gdr2::Matrix<S>;
+  using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+  const Index T = h.T(), K = h.dk(), V = h.dv();
+  struct Step { Vec alpha, e, z, k; };
+  auto step = [&](Index t) {
+    Step s;
+    s.alpha = h.g.row(t).transpose().array().exp().matrix();
+    s.k = h.k.row(t).transpose();
+    s.e = h.b.row(t).transpose().cwiseProduct(s.k);  // e_t = b_t * k_t
+    s.z = h.w.row(t).transpose().cwiseProduct(h.v.row(t).transpose());  // z_t = w_t * v_t
+    return s;
+  };
+  std::vector<M> states(static_cast<size_t>(T) + 1);  // states[t] = S_t
+  states[0] = h.s0;
+  for (Index t = 0; t < T; ++t) {
+    const Step s = step(t);
+    const M sbar = s.alpha.asDiagonal() * states[t];   // Sbar_t = D_t S_{t-1}
+    const Vec r = sbar.transpose() * s.e;               // r_t = Sbar_t^T e_t
+    states[t + 1] = sbar + s.k * (s.z - r).transpose();  // S_t = Sbar_t + k_t (z_t - r_t)^T
+  }
+  HeadGrads<S> g;
+  g.dq = M::Zero(T, K); g.dk = g.dq; g.dg = g.dq; g.db = g.dq;
+  g.dv = M::Zero(T, V); g.dw = g.dv;
+  M dS = ds_final;
+  for (Index t = T - 1; t >= 0; --t) {
+    const Step s = step(t);
+    const Vec q = h.q.row(t).transpose(), dout_t = dout.row(t).transpose();
+    dS += h.scale * q * dout_t.transpose();                       // dS_t += scale q_t do_t^T
+    g.dq.row(t) = (h.scale * states[t + 1] * dout_t).transpose();  // dq_t = scale S_t do_t
+    const M sbar = s.alpha.asDiagonal() * states[t];
+    const Vec delta = s.z - sbar.transpose() * s.e;               // delta = z_t - r_t
+    const Vec ddelta = dS.transpose() * s.k;                       // ddelta = dS_t^T k_t = dz = -dr
+    const M dsbar = dS - s.e * ddelta.transpose();                 // dSbar = dS_t + e_t dr^T
+    const Vec de = -(sbar * ddelta);                               // de = Sbar_t dr
+    g.dw.row(t) = ddelta.cwiseProduct(h.v.row(t).transpose()).transpose();
+    g.dv.row(t) = ddelta.cwiseProduct(h.w.row(t).transpose()).transpose();
+    g.db.row(t) = de.cwiseProduct(s.k).transpose();
+    g.dk.row(t) = (dS * delta + de.cwiseProduct(h.b.row(t).transpose())).transpose();
+    g.dg.row(t) = s.alpha.cwiseProduct(dsbar.cwiseProduct(states[t]).rowwise().sum()).transpose();  // alpha rowsum(dSbar * S_{t-1})
+    dS = s.alpha.asDiagonal() * dsbar;                             // dS_{t-1} = D_t dSbar
+  }
+  g.ds0 = dS;
+  return g;
+}
+
+// Flat gradients on the batched layout (q, k, g, b summed over the value heads of a group).
+struct Grads {
+  std::vector<double> dq, dk, dg, db, dv, dw, dh0;
+};
+constexpr const char* kGradNames[] = {"dq", "dk", "dg", "db", "dv", "dw", "dh0"};
+inline std::vector<double>* fields(Grads& g, int i) {
+  std::vector<double>* f[] = {&g.dq, &g.dk, &g.dg, &g.db, &g.dv, &g.dw, &g.dh0};
+  return f[i];
+}
+
+template <class S>
+Grads batched_oracle(const gdr2::Batch<S>& x, const std::vector<double>& dout, const std::vector<double>& dht) {
+  const Index N = x.num_sequences(), K = x.K, V = x.V;
+  Grads out;
+  const size_t keys = static_cast<size_t>(x.B * x.T * x.H * K), vals = static_cast<size_t>(x.B * x.T * x.HV * V);
+  out.dq.assign(keys, 0); out.dk = out.dq; out.dg = out.dq; out.db = out.dq;
+  out.dv.assign(vals, 0); out.dw = out.dv;
+  out.dh0.assign(static_cast<size_t>(N * x.HV * K * V), 0);
+  for (Index n = 0; n < N; ++n)
+    for (Index hv = 0; hv < x.HV; ++hv) {
+      const gdr2::Head<S> head = gdr2::extract_head(x, n, hv);
+      const Index begin = x.seq_begin(n), h = x.key_head(hv), T = head.T();
+      const size_t state_at = static_cast<size_t>((n * x.HV + hv) * K * V);
+      gdr2::Matrix<S> dO(T, V), dST = gdr2::Matrix<S>::Zero(K, V);
+      for (Index t = 0; t < T; ++t)
+        for (Index j = 0; j < V; ++j) dO(t, j) = static_cast<S>(dout[static_cast<size_t>(((begin + t) * x.HV + hv) * V + j)]);
+      if (!dht.empty())
+        for (Index i = 0; i < K * V; ++i) dST(i / V, i % V) = static_cast<S>(dht[state_at + static_cast<size_t>(i)]);
+      const HeadGrads<S> g = token_backward(head, dO, dST);
+      for (Index t = 0; t < T; ++t) {
+        const size_t ka = static_cast<size_t>(((begin + t) * x.H + h) * K), va = static_cast<size_t>(((begin + t) * x.HV + hv) * V);
+        for (Index d = 0; d < K; ++d) {
+          out.dq[ka + d] += static_cast<double>(g.dq(t, d)); out.dk[ka + d] += static_cast<double>(g.dk(t, d));
+          out.dg[ka + d] += static_cast<double>(g.dg(t, d)); out.db[ka + d] += static_cast<double>(g.db(t, d));
+        }
+        for (Index j = 0; j < V; ++j) {
+          out.dv[va + j] = static_cast<double>(g.dv(t, j)); out.dw[va + j] = static_cast<double>(g.dw(t, j));
+        }
+      }
+      for (Index i = 0; i < K * V; ++i) out.dh0[state_at + static_cast<size_t>(i)] = static_cast<double>(g.ds0(i / V, i % V));
+    }
+  return out;
+}
+
+std::vector<double> normal_vector(std::uint64_t seed, size_t n) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> dist;
+  std::vector<double> x(n);
+  for (auto& e : x) e = dist(rng);
+  return x;
+}
+
+// ---- the oracle against forward-mode AD -------------------------------------------------------------
+
+using AD = Eigen::AutoDiffScalar<Eigen::Matrix<double, 1, 1>>;
+
+gdr2::Matrix<AD> lift(const gdr2::Matrix<double>& x, const gdr2::Matrix<double>* dir) {
+  gdr2::Matrix<AD> y(x.rows(), x.cols());
+  for (Index i = 0; i < x.rows(); ++i)
+    for (Index j = 0; j < x.cols(); ++j)
+      y(i, j) = AD(x(i, j), Eigen::Matrix<double, 1, 1>(dir ? (*dir)(i, j) : 0.0));
+  return y;
+}
+
+TEST(ChunkBackwardOracle, TokenBackwardMatchesForwardModeAD) {
+  for (Gates regime : {Gates::typical, Gates::strong_decay, Gates::negative_eig, Gates::gate_edges}) {
+    const auto h = gdr2_test::random_head(7, 19, 5, 4, regime, true);
+    const gdr2::Matrix<double> dout = gdr2::Matrix<double>::Random(h.T(), h.dv());
+    const gdr2::Matrix<double> dsT = gdr2::Matrix<double>::Random(h.dk(), h.dv());
+    const HeadGrads<double> g = token_backward(h, dout, dsT);
+    const gdr2::Matrix<double>* grads[] = {&g.dq, &g.dk, &g.dg, &g.db, &g.dv, &g.dw, &g.ds0};
+    for (int which = 0; which < 7; ++which) {
+      const gdr2::Matrix<double> dir = gdr2::Matrix<double>::Random(grads[which]->rows(), grads[which]->cols());
+      gdr2::Head<AD> a;
+      a.q = lift(h.q, which == 0 ? &dir : nullptr); a.k = lift(h.k, which == 1 ? &dir : nullptr);
+      a.g = lift(h.g, which == 2 ? &dir : nullptr); a.b = lift(h.b, which == 3 ? &dir : nullptr);
+      a.v = lift(h.v, which == 4 ? &dir : nullptr); a.w = lift(h.w, which == 5 ? &dir : nullptr);
+      a.s0 = lift(h.s0, which == 6 ? &dir : nullptr);
+      a.scale = AD(h.scale, Eigen::Matrix<double, 1, 1>(0.0));
+      const auto f = gdr2::recurrent_forward(a);
+      double directional = 0;  // <dout, o_dot> + <dsT, s_dot>
+      for (Index i = 0; i < dout.size(); ++i) directional += dout(i) * f.o(i).derivatives()(0);
+      for (Index i = 0; i < dsT.size(); ++i) directional += dsT(i) * f.s(i).derivatives()(0);
+      const double adjoint = grads[which]->cwiseProduct(dir).sum();
+      // Both sides are double sums of the same O(T K V) terms; 1e-12 of their absolute size is ~1e3 ulps.
+      const double size = grads[which]->cwiseProduct(dir).cwiseAbs().sum() + std::abs(directional);
+      EXPECT_LE(std::abs(adjoint - directional), 1e-12 * size)
+          << kGradNames[which] << " regime " << gdr2_test::name(regime) << ": adjoint " << adjoint << " vs AD "
+          << directional;
+    }
+  }
+}
+
+// ---- comparison ----------------------------------------------------------------------------------------
+
+struct Problem {
+  gdr2::Batch<double> rounded;        // inputs as the device sees them
+  std::vector<double> dout, dht;      // rounded too (dout to dtype, dht to fp32); dht may be empty
+  Grads exact;                        // double oracle
+  Grads single;                       // float oracle (calibration)
+};
+
+Problem make_problem(const gdr2::Batch<double>& batch, DType t, bool with_dht, std::uint64_t seed) {
+  Problem p;
+  p.rounded = rounded_for_device(batch, t);
+  p.dout = round_to(normal_vector(seed, batch.v.size()), t);
+  if (with_dht)
+    p.dht = round_to(normal_vector(seed + 1, static_cast<size_t>(batch.num_sequences() * batch.HV * batch.K * batch.V)),
+                     DType::f32);
+  p.exact = batched_oracle(p.rounded, p.dout, p.dht);
+  p.single = batched_oracle(cast_batch<float>(p.rounded), p.dout, p.dht);
+  return p;
+}
+
+// Checks every gradient tensor against the oracle with the calibrated tolerance; `bound` (if > 0) is an
+// absolute requirement on every relative error as well (the accurate mode's 1e-5).
+void expect_close(const Problem& p, Grads got, DType t, const std::string& what, double bound = 0, bool has_dh0 = true) {
+  Grads exact = p.exact, single = p.single;
+  for (int i = 0; i < 7; ++i) {
+    if (i == 6 && !has_dh0) continue;
+    const bool stored_in_dtype = !(i == 2 || i == 6);  // dg, dh0 are fp32
+    const double e_f = relative_error(*fields(single, i), *fields(exact, i));
+    const double tol = unit_roundoff(stored_in_dtype ? t : DType::f32) + (i == 2 ? 64 : 10) * e_f;
+    const double err = relative_error(*fields(got, i), *fields(exact, i));
+    EXPECT_LE(err, tol) << what << " [" << dtype_label(t) << "] " << kGradNames[i] << ": error " << err
+                        << " > tol " << tol << " (float oracle " << e_f << ")";
+    if (bound > 0) EXPECT_LT(err, bound) << what << " " << kGradNames[i] << ": accurate-mode bound";
+  }
+}
+
+std::vector<float> to_floats(const std::vector<double>& x) { return std::vector<float>(x.begin(), x.end()); }
+
+// The kernel's block program on the host (f32).
+Grads run_emulation(const Problem& p) {
+  const auto& x = p.rounded;
+  gdr2::cuda::Problem shape;
+  shape.B = static_cast<int>(x.B); shape.T = static_cast<int>(x.T); shape.H = static_cast<int>(x.H);
+  shape.HV = static_cast<int>(x.HV); shape.K = static_cast<int>(x.K); shape.V = static_cast<int>(x.V);
+  shape.dtype = DType::f32; shape.scale = static_cast<float>(x.scale);
+  std::vector<std::int32_t> cu(x.cu_seqlens.begin(), x.cu_seqlens.end());
+  shape.num_seqs = cu.empty() ? 0 : static_cast<int>(cu.size()) - 1;
+  auto q = to_floats(x.q), k = to_floats(x.k), g = to_floats(x.g), b = to_floats(x.b), v = to_floats(x.v),
+       w = to_floats(x.w), h0 = to_floats(x.h0), dout = to_floats(p.dout), dht = to_floats(p.dht);
+  const size_t keys = x.q.size(), vals = x.v.size(), states = static_cast<size_t>(x.num_sequences() * x.HV * x.K * x.V);
+  std::vector<float> dq(keys), dk(keys), dg(keys), db(keys), dv(vals), dw(vals), dh0(states);
+  gdr2::cuda::BackwardTensors t;
+  t.q = q.data(); t.k = k.data(); t.v = v.data(); t.g = g.data(); t.b = b.data(); t.w = w.data();
+  t.h0 = h0.empty() ? nullptr : h0.data(); t.dout = dout.data(); t.dht = dht.empty() ? nullptr : dht.data();
+  t.dq = dq.data(); t.dk = dk.data(); t.dg = dg.data(); t.db = db.data(); t.dv = dv.data(); t.dw = dw.data();
+  t.dh0 = dh0.data();
+  gdr2::cuda::detail::chunk_backward_host_emulation(shape, t, cu.empty() ? nullptr : cu.data());
+  auto d = [](const std::vector<float>& f) { return std::vector<double>(f.begin(), f.end()); };
+  return Grads{d(dq), d(dk), d(dg), d(db), d(dv), d(dw), d(dh0)};
+}
+
+TEST(ChunkBackwardEmulation, MatchesOracle) {
+  struct Case { const char* what; gdr2::Batch<double> batch; bool dht; };
+  const Case cases[] = {
+      {"typical B=2 T=150 H=1 HV=2 K=16 V=8 (GVA, h0, dht)", gdr2_test::random_batch(1, 2, 150, 1, 2, 16, 8), true},
+      {"varlen {1, 64, 0, 97} K=V=8, no h0, no dht",
+       gdr2_test::random_batch(2, 1, 0, 1, 1, 8, 8, Gates::typical, false, {1, 64, 0, 97}), false},
+      {"strong decay T=130", gdr2_test::random_batch(3, 1, 130, 1, 1, 8, 8, Gates::strong_decay), true},
+      {"gate edges T=70", gdr2_test::random_batch(4, 1, 70, 1, 1, 8, 8, Gates::gate_edges), true},
+      {"negative eigenvalue T=70", gdr2_test::random_batch(5, 1, 70, 1, 1, 8, 8, Gates::negative_eig), true},
+      {"weak decay T=128", gdr2_test::random_batch(6, 1, 128, 1, 1, 8, 8, Gates::weak_decay), true},
+  };
+  for (const Case& c : cases) {
+    const Problem p = make_problem(c.batch, DType::f32, c.dht, 100);
+    expect_close(p, run_emulation(p), DType::f32, std::string("emulation: ") + c.what);
+  }
+}
+
+TEST(ChunkBackwardEmulation, TypicalInputsMeetTheAccurateBound) {
+  // Spec section 8's regime at the paper's head size: relative error < 1e-5 for every gradient.
+  const Problem p = make_problem(gdr2_test::random_batch(8, 1, 130, 1, 1, 128, 128), DType::f32, true, 7);
+  expect_close(p, run_emulation(p), DType::f32, "emulation K=V=128", 1e-5);
+}
+
+TEST(ChunkBackwardEmulation, NegativeControlWrongDoutIsRejected) {
+  // The comparison must be able to fail: the gradients of a different upstream gradient are rejected.
+  Problem p = make_problem(gdr2_test::random_batch(9, 1, 70, 1, 1, 8, 8), DType::f32, true, 3);
+  Problem wrong = p;
+  for (auto& e : wrong.dout) e *= 1.001;
+  const Grads got = run_emulation(wrong);
+  for (int i = 0; i < 6; ++i) {  // dout enters every gradient except through dht alone
+    const double tol = unit_roundoff(DType::f32) + 10 * relative_error(*fields(p.single, i), *fields(p.exact, i));
+    EXPECT_GT(relative_error(*fields(const_cast<Grads&>(got), i), *fields(p.exact, i)), tol) << kGradNames[i];
+  }
+}
+
+// ---- host-side validation ----------------------------------------------------------------------------
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const gdr2::cuda::error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CudaBackwardApi, RejectsBadArguments) {
+  float dummy[64] = {};
+  gdr2::cuda::Problem p;
+  p.B = 1; p.T = 4; p.H = 1; p.HV = 1; p.K = 16; p.V = 16; p.dtype = DType::f32;
+  gdr2::cuda::BackwardTensors x;
+  x.q = x.k = x.v = x.b = x.w = dummy; x.g = dummy;
+  x.dq = x.dk = x.db = x.dv = x.dw = dummy; x.dg = dummy;
+  EXPECT_NE(error_of([&] { gdr2::cuda::chunk_backward(p, x, Mode::accurate); }).find("'dout' is a null pointer"),
+            std::string::npos);
+  x.dout = dummy;
+  x.dv = nullptr;
+  EXPECT_NE(error_of([&] { gdr2::cuda::chunk_backward(p, x, Mode::accurate); }).find("'dv' is a null pointer"),
+            std::string::npos);
+  x.dv = dummy;
+  p.HV = 3; p.H = 2;
+  EXPECT_NE(error_of([&] { gdr2::cuda::chunk_backward(p, x, Mode::accurate); }).find("multiple of H"), std::string::npos);
+  p.HV = 1; p.H = 1; p.K = 512;
+  EXPECT_NE(error_of([&] { gdr2::cuda::chunk_backward(p, x, Mode::accurate); }).find("K must be <= 256"),
+            std::string::npos);
+  p.K = 16;
+  x.dg = reinterpret_cast<float*>(reinterpret_cast<char*>(dummy) + 2);
+  EXPECT_NE(error_of([&] { gdr2::cuda::chunk_backward(p, x, Mode::accurate); }).find("'dg'"), std::string::npos);
+}
+
+// ---- the kernel on the GPU ----------------------------------------------------------------------------
+
+Grads run_gpu(const Problem& p, DType t, Mode mode, bool want_dh0 = true) {
+  const auto& x = p.rounded;
+  DeviceBatch d = to_device(x, t);  // uploads the (already rounded) inputs: exact
+  DeviceBuffer dout = upload(p.dout, t), dht;
+  if (!p.dht.empty()) dht = upload(p.dht, DType::f32);
+  const size_t keys = x.q.size(), vals = x.v.size(), states = static_cast<size_t>(x.num_sequences() * x.HV * x.K * x.V);
+  DeviceBuffer dq(keys * dtype_bytes(t)), dk(keys * dtype_bytes(t)), db(keys * dtype_bytes(t)), dg(keys * 4),
+      dv(vals * dtype_bytes(t)), dw(vals * dtype_bytes(t)), dh0(states * 4);
+  for (DeviceBuffer* b : {&dq, &dk, &db, &dg, &dv, &dw, &dh0}) b->fill_bytes(0xFF);  // NaN: unwritten output fails
+  gdr2::cuda::BackwardTensors bt;
+  bt.q = d.q.get(); bt.k = d.k.get(); bt.v = d.v.get(); bt.g = d.g.as<float>(); bt.b = d.b.get(); bt.w = d.w.get();
+  bt.h0 = d.h0.bytes() ? d.h0.as<float>() : nullptr;
+  bt.dout = dout.get(); bt.dht = dht.bytes() ? dht.as<float>() : nullptr;
+  bt.dq = dq.get(); bt.dk = dk.get(); bt.dg = dg.as<float>(); bt.db = db.get(); bt.dv = dv.get(); bt.dw = dw.get();
+  bt.dh0 = want_dh0 ? dh0.as<float>() : nullptr;
+  gdr2::cuda::chunk_backward(d.problem, bt, mode);
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize after chunk_backward");
+  Grads g;
+  g.dq = download(dq, keys, t); g.dk = download(dk, keys, t); g.db = download(db, keys, t);
+  g.dg = download(dg, keys, DType::f32); g.dv = download(dv, vals, t); g.dw = download(dw, vals, t);
+  if (want_dh0) g.dh0 = download(dh0, states, DType::f32);
+  return g;
+}
+
+TEST(CudaBackward, TypicalFp32MeetsTheAccurateBound) {
+  GDR2_REQUIRE_DEVICE();
+  // Paper head size, GVA, initial state and dht, T not a multiple of 64.
+  const auto batch = gdr2_test::random_batch(21, 2, 200, 2, 4, 128, 128);
+  const Problem p = make_problem(batch, DType::f32, true, 5);
+  for (Mode mode : {Mode::accurate, Mode::fast})
+    expect_close(p, run_gpu(p, DType::f32, mode), DType::f32, mode == Mode::accurate ? "accurate" : "fast", 1e-5);
+}
+
+TEST(CudaBackward, HalfPrecisionInputs) {
+  GDR2_REQUIRE_DEVICE();
+  const auto batch = gdr2_test::random_batch(22, 1, 150, 2, 2, 64, 32);
+  for (DType t : {DType::bf16, DType::f16}) {
+    const Problem p = make_problem(batch, t, true, 6);
+    expect_close(p, run_gpu(p, t, Mode::fast), t, "B=1 T=150 H=HV=2 K=64 V=32");
+  }
+}
+
+TEST(CudaBackward, GateRegimesOddLengthsAndVarlen) {
+  GDR2_REQUIRE_DEVICE();
+  struct Case { const char* what; gdr2::Batch<double> batch; bool dht; };
+  const Case cases[] = {
+      {"T=1", gdr2_test::random_batch(31, 3, 1, 1, 2, 32, 32), true},
+      {"T=65", gdr2_test::random_batch(32, 1, 65, 1, 1, 64, 64), true},
+      {"T=127 no h0 no dht", gdr2_test::random_batch(33, 2, 127, 2, 2, 32, 16, Gates::typical, false), false},
+      {"varlen {5, 64, 0, 130, 1} GVA", gdr2_test::random_batch(34, 1, 0, 2, 4, 32, 32, Gates::typical, true, {5, 64, 0, 130, 1}), true},
+      {"strong decay (g to -50)", gdr2_test::random_batch(35, 1, 200, 1, 2, 64, 64, Gates::strong_decay), true},
+      {"gate edges (b = 0, 2; w = 0)", gdr2_test::random_batch(36, 1, 150, 1, 1, 64, 64, Gates::gate_edges), true},
+      {"negative eigenvalue", gdr2_test::random_batch(37, 1, 150, 1, 1, 64, 64, Gates::negative_eig), true},
+      {"weak decay", gdr2_test::random_batch(38, 1, 150, 1, 1, 64, 64, Gates::weak_decay), true},
+  };
+  for (const Case& c : cases) {
+    const Problem p = make_problem(c.batch, DType::f32, c.dht, 9);
+    expect_close(p, run_gpu(p, DType::f32, Mode::accurate), DType::f32, c.what);
+  }
+}
+
+TEST(CudaBackward, SmallVarlenGvaBf16) {
+  GDR2_REQUIRE_DEVICE();
+  // Small enough for compute-sanitizer (scripts/gpu-check.sh runs *Small* under memcheck and racecheck).
+  const auto batch = gdr2_test::random_batch(61, 1, 0, 1, 2, 16, 16, Gates::typical, true, {3, 70});
+  for (DType t : {DType::f32, DType::bf16}) {
+    const Problem p = make_problem(batch, t, true, 8);
+    expect_close(p, run_gpu(p, t, Mode::accurate), t, "small varlen GVA");
+  }
+}
+
+TEST(CudaBackward, AgreesWithHostEmulation) {
+  GDR2_REQUIRE_DEVICE();
+  // Same program, same formulas: only the device's FMA contraction and the atomics' order differ.
+  const Problem p = make_problem(gdr2_test::random_batch(41, 1, 100, 1, 1, 32, 32), DType::f32, true, 4);
+  const Grads gpu = run_gpu(p, DType::f32, Mode::accurate), host = run_emulation(p);
+  Grads a = gpu, b = host;
+  for (int i = 0; i < 7; ++i) {
+    const double tol = (i == 2 ? 64 : 10) * relative_error(*fields(const_cast<Grads&>(p.single), i), *fields(const_cast<Grads&>(p.exact), i)) + 1e-7;
+    EXPECT_LE(relative_error(*fields(a, i), *fields(b, i)), tol) << kGradNames[i];
+  }
+}
+
+TEST(CudaBackward, NoTokensPassesDhtThrough) {
+  GDR2_REQUIRE_DEVICE();
+  auto batch = gdr2_test::random_batch(51, 2, 0, 1, 1, 16, 16);
+  const Problem p = make_problem(batch, DType::f32, true, 2);
+  const Grads g = run_gpu(p, DType::f32, Mode::accurate);
+  EXPECT_EQ(g.dh0, p.dht);
+}
+
+TEST(CudaBackward, NegativeControlDroppedDhtIsRejected) {
+  GDR2_REQUIRE_DEVICE();
+  // A backward that ignored dht would pass a check that only uses dht = 0: here it must fail. Weak decay,
+  // so that dht still reaches dh0 through 100 tokens (typical decay would damp it to exp(-250)).
+  const Problem p = make_problem(gdr2_test::random_batch(52, 1, 100, 1, 1, 32, 32, Gates::weak_decay), DType::f32, true, 3);
+  Problem without = p;
+  without.dht.clear();
+  Grads got = run_gpu(without, DType::f32, Mode::accurate);
+  Grads exact = p.exact;
+  EXPECT_GT(relative_error(got.dh0, exact.dh0), 0.1);
+  EXPECT_GT(relative_error(got.dk, exact.dk), 1e-3);
+}
+
+}  // namespace
