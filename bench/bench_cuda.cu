@@ -193,21 +193,30 @@ GDR2_BENCHMARK("cuda/recurrent_forward", "CUDA token-by-token forward over a who
   if (!gdr2::cuda::device_available()) return;
   const Shape s = ctx.quick ? Shape{1, 256} : Shape{4, 4096};
   DeviceProblem d(s.B, s.T, 16, 128, false);
-  const double ms = median_ms(ctx.quick ? 3 : 5, [&] { gdr2::cuda::recurrent_forward(d.p, d.forward()); });
-  ctx.report(row("cuda/recurrent_forward", d, "bf16", ms, d.forward_bytes(), ""));
+  for (const char* warps : {"8", "4"}) {  // default block shape, and GDR2_CUDA_RECURRENT_WARPS=4
+    setenv("GDR2_CUDA_RECURRENT_WARPS", warps, 1);
+    const double ms = median_ms(ctx.quick ? 3 : 5, [&] { gdr2::cuda::recurrent_forward(d.p, d.forward()); });
+    ctx.report(row("cuda/recurrent_forward", d, std::string("warps=") + warps, ms, d.forward_bytes(), ""));
+  }
+  unsetenv("GDR2_CUDA_RECURRENT_WARPS");
 }
 
 GDR2_BENCHMARK("cuda/decode", "CUDA decode step (T = 1, state updated in place) for 1 and 256 sequences x 16 heads") {
   if (!gdr2::cuda::device_available()) return;
-  for (int sequences : {1, 256}) {
-    DeviceProblem d(sequences, 1, 16, 128, false);
-    const double ms = median_ms(std::max(repeats(ctx), 50), [&] { gdr2::cuda::recurrent_forward(d.p, d.forward()); });
-    const double state_bytes = 2.0 * sequences * 16 * 128 * 128 * 4;  // read + write
-    auto r = row("cuda/decode", d, "bf16", ms, d.forward_bytes(), "");
-    r.note = "state traffic " + std::to_string(state_bytes / (ms * 1e-3) * 1e-12).substr(0, 5) + " TB/s" +
-             (sequences == 1 ? "; target < 0.05 ms" : "; target >= 2.8 TB/s");
-    ctx.report(r);
+  // The default block shape (8 warps) and the 4-warp one (GDR2_CUDA_RECURRENT_WARPS), measured side by side.
+  for (const char* warps : {"8", "4"}) {
+    setenv("GDR2_CUDA_RECURRENT_WARPS", warps, 1);
+    for (int sequences : {1, 256}) {
+      DeviceProblem d(sequences, 1, 16, 128, false);
+      const double ms = median_ms(std::max(repeats(ctx), 50), [&] { gdr2::cuda::recurrent_forward(d.p, d.forward()); });
+      const double state_bytes = 2.0 * sequences * 16 * 128 * 128 * 4;  // read + write
+      auto r = row("cuda/decode", d, std::string("warps=") + warps, ms, d.forward_bytes(), "");
+      r.note = "state traffic " + std::to_string(state_bytes / (ms * 1e-3) * 1e-12).substr(0, 5) + " TB/s" +
+               (sequences == 1 ? "; target < 0.05 ms" : "; target >= 2.8 TB/s");
+      ctx.report(r);
+    }
   }
+  unsetenv("GDR2_CUDA_RECURRENT_WARPS");
 }
 
 #ifdef GDR2_CUDA_HAVE_BACKWARD

@@ -10,7 +10,8 @@
 #   make gpu-check                                   # from the repository root
 #   BUILD=build-gpu GPU_CHECK_CMAKE_ARGS="-DCMAKE_PREFIX_PATH=/opt/deps/usr" scripts/gpu-check.sh
 #
-# Steps can be skipped: GPU_CHECK_SKIP="sanitizer verify bench fla". Exit status: 0 when every step passed.
+# Steps can be skipped: GPU_CHECK_SKIP="tests sanitizer verify bench fla". GPU_CHECK_PROFILE=1 adds ncu kernel times.
+# Exit status: 0 when every step passed.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build-gpu}
@@ -42,23 +43,24 @@ echo "GPU: $(head -n1 "$LOGS/gpu.txt")" >&2
 # shellcheck disable=SC2086
 step "configure (sm_$ARCH)" configure.log cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DGDR2_CUDA_RESOURCE_REPORT=ON ${GPU_CHECK_CMAKE_ARGS:-}
-TARGETS=(gdr2_cuda test_cuda_forward gdr2-bench gdr2-verify)
+TARGETS=(gdr2_cuda gdr2-bench gdr2-verify)
+skipped tests || TARGETS+=(test_cuda_forward)
 # (grep reads all of the help text: with pipefail, grep -q closing the pipe early would fail the test.)
-if cmake --build "$BUILD" --target help 2>/dev/null | grep -c 'test_cuda_backward' >/dev/null; then
+if ! skipped tests && cmake --build "$BUILD" --target help 2>/dev/null | grep -c 'test_cuda_backward' >/dev/null; then
   TARGETS+=(test_cuda_backward)
 fi
 step "build ${TARGETS[*]}" build.log cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"
 grep -E 'Function properties|registers|spill' "$LOGS/build.log" >"$LOGS/ptxas-resources.txt" 2>/dev/null || true
 
 # ---- GPU tests ----------------------------------------------------------------------------------------------
-step "ctest -R '^Cuda'" ctest.log ctest --test-dir "$BUILD" -R '^Cuda' --no-tests=error --output-on-failure -j 4 --timeout 600
+skipped tests || step "ctest -R '^Cuda'" ctest.log ctest --test-dir "$BUILD" -R '^Cuda' --no-tests=error --output-on-failure -j 4 --timeout 600
 
 # ---- compute-sanitizer on small cases ------------------------------------------------------------------------
 FWD="$BUILD/tests/test_cuda_forward"
 BWD="$BUILD/tests/test_cuda_backward"
 FWD_SMALL=${GPU_CHECK_FWD_FILTER:-'CudaForward.VariableLengthSequences:CudaForward.ZeroInitialStateAndNoFinalState:CudaForward.EmptySequenceCopiesTheState:CudaApi.*'}
 BWD_SMALL=${GPU_CHECK_BWD_FILTER:-'*Small*:*Varlen*'}
-if ! skipped sanitizer && command -v compute-sanitizer >/dev/null; then
+if ! skipped sanitizer && ! skipped tests && command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     step "sanitizer $tool (forward)" "sanitizer-$tool-forward.log" \
       compute-sanitizer --tool "$tool" --error-exitcode 3 "$FWD" --gtest_filter="$FWD_SMALL"
@@ -81,14 +83,26 @@ if ! skipped bench; then
   step "gdr2-bench --filter cuda/" bench.log "$BUILD/bench/gdr2-bench" --filter cuda/ --json "$LOGS/bench.json"
 fi
 
+# ---- where the time goes (only with GPU_CHECK_PROFILE=1): ncu's duration of each kernel of the first chunk
+# forward + backward at B=4, T=4096, H=16, K=V=128 (bf16), and of the decode step for 256 sequences with each block
+# shape (cuda/decode runs 52 launches per shape: 8 warps x {1, 256} sequences, then 4 warps x {1, 256}) ----------
+if [[ "${GPU_CHECK_PROFILE:-0}" == 1 ]] && command -v ncu >/dev/null; then
+  step "ncu kernel times (fwd+bwd, decode)" ncu.log bash -c "ncu -k regex:_kernel --launch-count 8 --metrics gpu__time_duration.sum \
+      '$BUILD/bench/gdr2-bench' --filter cuda/chunk_forward_backward --repeats 1 && \
+    for skip in 60 160; do echo \"decode of 256 sequences, launch \$skip (60: 8 warps, 160: 4 warps)\"; \
+      ncu -k regex:recurrent --launch-skip \$skip --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+        '$BUILD/bench/gdr2-bench' --filter cuda/decode --repeats 1; done"
+fi
+
 # ---- flash-linear-attention, measured in the same run (only when FLA_DIR is given) --------------------------------
 if [[ -n "${FLA_DIR:-}" ]] && ! skipped fla; then
   step "fla GDN-2 timings" fla-bench.log env PYTHONPATH="$FLA_DIR:${PYTHONPATH:-}" \
     python3 "$ROOT/bench/fla_compare.py" --json "$LOGS/fla-bench.json"
   # fla's chunk_gdn2 takes HV == H only (--no-gva) and bf16 inputs.
-  step "gdr2-verify fla chunk_gdn2 (port)" verify-fla.log env PYTHONPATH="$FLA_DIR:${PYTHONPATH:-}" \
+  step "gdr2-verify fla chunk_gdn2 (port)" verify-fla.log timeout "${GPU_CHECK_FLA_TIMEOUT:-300}" env PYTHONPATH="$FLA_DIR:${PYTHONPATH:-}" \
     "$BUILD/verify/gdr2-verify" --port-cmd "python3 $ROOT/verify/ports/torch_port.py --kernel fla.ops.gdn2:chunk_gdn2 --no-gva" \
-    --contract bf16 --grad --cases "${GPU_CHECK_FLA_CASES:-30}" --repro-dir "$LOGS/failures-fla" --json "$LOGS/verify-fla.json"
+    --contract bf16 --grad --property forward --property grad --cases "${GPU_CHECK_FLA_CASES:-10}" --repro-dir "$LOGS/failures-fla" --json "$LOGS/verify-fla.json"
 fi
 
 # ---- summary ---------------------------------------------------------------------------------------------------
@@ -105,5 +119,6 @@ fi
     grep -E '^(benchmark|cuda/)' "$LOGS/bench.log"
   fi
   [[ -f "$LOGS/fla-bench.log" ]] && { echo; cat "$LOGS/fla-bench.log"; }
+  [[ -f "$LOGS/ncu.log" ]] && { echo; grep -E '^  [a-zA-Z_].*\(|gpu__time_duration|dram__' "$LOGS/ncu.log" | head -n 60; }
 } | tee "$LOGS/summary.txt"
 exit $status

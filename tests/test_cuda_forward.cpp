@@ -151,7 +151,9 @@ TEST(CudaForward, DecodeStepByStepEqualsOneLongCall) {
   // order either way, so o and the final state must agree bit for bit.
   const int B = 3, T = 40, H = 2, HV = 4, K = 64, V = 64;
   const auto batch = gdr2_test::random_batch(80, B, T, H, HV, K, V, Gates::typical, true);
+  for (const char* warps : {"4", "8"})  // both block shapes of the recurrent kernel
   for (DType t : kDTypes) {
+    ASSERT_EQ(setenv("GDR2_CUDA_RECURRENT_WARPS", warps, 1), 0);
     DeviceBatch whole = to_device(batch, t);
     launch(Kernel::recurrent, whole.problem, whole.forward_tensors());
     const auto o_whole = whole.output();
@@ -181,9 +183,10 @@ TEST(CudaForward, DecodeStepByStepEqualsOneLongCall) {
       for (int n = 0; n < B; ++n)
         std::copy_n(o.begin() + n * HV * V, HV * V, o_steps.begin() + (n * T + step) * HV * V);
     }
-    EXPECT_EQ(o_steps, o_whole) << dtype_label(t);
-    EXPECT_EQ(download(state, ht_whole.size(), DType::f32), ht_whole) << dtype_label(t);
+    EXPECT_EQ(o_steps, o_whole) << dtype_label(t) << ", warps " << warps;
+    EXPECT_EQ(download(state, ht_whole.size(), DType::f32), ht_whole) << dtype_label(t) << ", warps " << warps;
   }
+  ASSERT_EQ(unsetenv("GDR2_CUDA_RECURRENT_WARPS"), 0);
 }
 
 // ---- family collapses -------------------------------------------------------------------------------------
@@ -373,6 +376,27 @@ TEST(CudaApi, RejectsBadSequenceOffsets) {
   p.cu_seqlens = host_offsets;
   p.num_seqs = 1;
   EXPECT_THAT(error_of([&] { gdr2::cuda::recurrent_forward(p, x); }), HasSubstr("cu_seqlens must be a device pointer"));
+}
+
+TEST(CudaForward, RecurrentEveryWarpCount) {
+  GDR2_REQUIRE_DEVICE();
+  // The recurrent kernel runs with 8 warps per block (16 state rows per thread at K = 128) unless
+  // GDR2_CUDA_RECURRENT_WARPS=4 asks for 4; both must match the reference, for every dtype and shape class.
+  const auto batch = gdr2_test::random_batch(77, 3, 37, 2, 4, 128, 96, Gates::typical, true);
+  const auto strong = gdr2_test::random_batch(78, 2, 20, 1, 2, 256, 33, Gates::strong_decay, true);
+  for (const char* warps : {"4", "8"}) {
+    ASSERT_EQ(setenv("GDR2_CUDA_RECURRENT_WARPS", warps, 1), 0);
+    for (DType t : kDTypes) {
+      expect_matches(batch, t, Kernel::recurrent, std::string("warps ") + warps);
+      expect_matches(strong, t, Kernel::recurrent, std::string("K=256, strong decay, warps ") + warps);
+    }
+  }
+  ASSERT_EQ(setenv("GDR2_CUDA_RECURRENT_WARPS", "3", 1), 0);  // a bad override is a clear error
+  DeviceBatch d = to_device(batch, DType::f32);
+  using testing::HasSubstr;
+  EXPECT_THAT(error_of([&] { gdr2::cuda::recurrent_forward(d.problem, d.forward_tensors()); }),
+              HasSubstr("GDR2_CUDA_RECURRENT_WARPS must be 4 or 8, got '3'"));
+  ASSERT_EQ(unsetenv("GDR2_CUDA_RECURRENT_WARPS"), 0);
 }
 
 }  // namespace

@@ -1,10 +1,18 @@
 // Token-by-token forward (spec section 2, Eq. 8-10), fp32 state, any T (decode: T = 1, h0 == ht).
 //
-// Work split: one block per (32-column tile of V, value head hv, sequence n), 4 warps. Lane = state
+// Work split: one block per (32-column tile of V, value head hv, sequence n), WARPS warps. Lane = state
 // column c (so state loads/stores are coalesced); warp j holds rows [j*KR, (j+1)*KR) of that column in
-// registers (KR = ceil(K/4) rounded up to a power of two, <= 64). Per token the key-side vectors are
-// staged in shared memory and the two reductions over K (r_t and o_t) go through shared memory.
+// registers (KR = ceil(K/WARPS) rounded up to a power of two). Per token the key-side vectors are staged in
+// shared memory and the two reductions over K (r_t and o_t) go through shared memory, warp partials summed
+// in warp order.
+// WARPS = 8 by default: 16 state registers per thread at K = 128, so 8 blocks (64 warps) fit on an SM and
+// twice the state loads are in flight as with 4 warps of 32 rows (95 registers, 5 blocks, 31% occupancy,
+// 2.0 TB/s for the decode step of 256 x 16 heads: ncu, docs/performance.md). GDR2_CUDA_RECURRENT_WARPS=4|8
+// forces one (the tests cover both; the benchmark compares them). The choice never depends on T, so T = 1
+// steps and one long call run the same arithmetic bit for bit.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.cuh"
 
@@ -12,10 +20,9 @@ namespace gdr2::cuda {
 namespace {
 using namespace detail;
 
-constexpr int kWarps = 4;
 constexpr int kColumns = 32;
 
-template <class T, int KR>
+template <class T, int KR, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32)
 recurrent_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                          const float* __restrict__ g, const T* __restrict__ b, const T* __restrict__ w,
@@ -98,15 +105,26 @@ recurrent_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const
   }
 }
 
-template <class T, int KR>
+template <class T, int KR, int kWarps>
 void launch_recurrent(const Problem& p, const ForwardTensors& x, int N, float scale, cudaStream_t stream) {
   const dim3 grid((p.V + kColumns - 1) / kColumns, p.HV, N);
   const std::size_t shared = 4 * static_cast<std::size_t>(p.K) * sizeof(float);
-  recurrent_forward_kernel<T, KR><<<grid, kWarps * 32, shared, stream>>>(
+  recurrent_forward_kernel<T, KR, kWarps><<<grid, kWarps * 32, shared, stream>>>(
       static_cast<const T*>(x.q), static_cast<const T*>(x.k), static_cast<const T*>(x.v), x.g,
       static_cast<const T*>(x.b), static_cast<const T*>(x.w), x.h0, static_cast<T*>(x.o), x.ht, p.cu_seqlens, p.T,
       p.H, p.HV, p.K, p.V, scale);
   detail::check_launch("gdr2::cuda::recurrent_forward", "recurrent_forward_kernel");
+}
+
+// Rows per warp KR = ceil(K / kWarps) rounded up to a power of two (K <= 256).
+template <class T, int kWarps>
+void dispatch_rows(const Problem& p, const ForwardTensors& x, int N, float scale, cudaStream_t stream) {
+  const int rows_per_warp = (p.K + kWarps - 1) / kWarps;
+  if (rows_per_warp <= 4) launch_recurrent<T, 4, kWarps>(p, x, N, scale, stream);
+  else if (rows_per_warp <= 8) launch_recurrent<T, 8, kWarps>(p, x, N, scale, stream);
+  else if (rows_per_warp <= 16) launch_recurrent<T, 16, kWarps>(p, x, N, scale, stream);
+  else if (rows_per_warp <= 32) launch_recurrent<T, 32, kWarps>(p, x, N, scale, stream);
+  else launch_recurrent<T, 64, kWarps>(p, x, N, scale, stream);
 }
 
 }  // namespace
@@ -125,14 +143,15 @@ void recurrent_forward(const Problem& p, const ForwardTensors& x, cudaStream_t s
     const char* z = reinterpret_cast<const char*>(x.ht);
     if (a < z + bytes && z < a + bytes) fail(who, ": h0 and ht overlap partially (they must be equal or disjoint)");
   }
-  const int rows_per_warp = (p.K + kWarps - 1) / kWarps;
+  int warps = 8;
+  if (const char* forced = std::getenv("GDR2_CUDA_RECURRENT_WARPS")) {
+    if (std::strcmp(forced, "4") == 0) warps = 4;
+    else if (std::strcmp(forced, "8") != 0) fail(who, ": GDR2_CUDA_RECURRENT_WARPS must be 4 or 8, got '", forced, "'");
+  }
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (rows_per_warp <= 4) launch_recurrent<T, 4>(p, x, checked.N, checked.scale, stream);
-    else if (rows_per_warp <= 8) launch_recurrent<T, 8>(p, x, checked.N, checked.scale, stream);
-    else if (rows_per_warp <= 16) launch_recurrent<T, 16>(p, x, checked.N, checked.scale, stream);
-    else if (rows_per_warp <= 32) launch_recurrent<T, 32>(p, x, checked.N, checked.scale, stream);
-    else launch_recurrent<T, 64>(p, x, checked.N, checked.scale, stream);
+    if (warps == 4) dispatch_rows<T, 4>(p, x, checked.N, checked.scale, stream);
+    else dispatch_rows<T, 8>(p, x, checked.N, checked.scale, stream);
   });
 }
 
