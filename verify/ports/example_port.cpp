@@ -9,6 +9,7 @@
 //   --bug decay-after-edit   the decay is applied after the edit              (S_t = D_t (S_{t-1} + k_t (z_t - S_{t-1}^T e_t)^T))
 //   --bug chunk-off-by-one   the first token of every 64-token chunk after the first decays with g_{t-1}
 //   --bug scalar-postscale   backward: db_t, dw_t post-scaled as if b, w were scalars (KDA's rule; spec section 6)
+//   --bug drop-dh0           backward: the gradient of the initial state is returned as zeros
 //   --misbehave crash|hang|garbage|wrong-shape|missing-tensor|error|bad-handshake|hang-handshake [--after N]
 #include <Eigen/Dense>
 #include <chrono>
@@ -107,7 +108,7 @@ HeadGrads backward_head(const gdr2::Head<double>& h, const Mat& dout, const Mat&
     g.dg.row(t) = alpha.cwiseProduct(dSbar.cwiseProduct(Sprev).rowwise().sum()).transpose();  // dg_t
     dS = alpha.asDiagonal() * dSbar;                          // dS_{t-1} = D_t dSbar
   }
-  g.ds0 = dS;
+  g.ds0 = bug == "drop-dh0" ? Mat(Mat::Zero(dS.rows(), dS.cols())) : dS;  // dS_0 = the gradient reaching S_0
   return g;
 }
 

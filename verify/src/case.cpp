@@ -169,7 +169,9 @@ std::vector<NamedTensor> output_tensors(const Case& c, const Outputs& out) {
     list.push_back({"dq", &out.dq, key}); list.push_back({"dk", &out.dk, key});
     list.push_back({"dv", &out.dv, value}); list.push_back({"dg", &out.dg, key});
     list.push_back({"db", &out.db, key}); list.push_back({"dw", &out.dw, value});
-    list.push_back({"dh0", &out.dh0, state});
+    // dh0 only when the case has an initial state: a kernel called without one has no tensor to
+    // differentiate (PyTorch leaves no .grad), so its absence is not an error (docs/ports.md).
+    if (!c.x.h0.empty()) list.push_back({"dh0", &out.dh0, state});
   }
   return list;
 }
@@ -245,7 +247,7 @@ Outputs read_output_file(const SafeTensors& f, const Case& c, bool state_vk) {
     out.has_grad = true;
     out.dq = get("dq", key); out.dk = get("dk", key); out.dg = get("dg", key); out.db = get("db", key);
     out.dv = get("dv", value); out.dw = get("dw", value);
-    out.dh0 = states(get("dh0", state));
+    if (!c.x.h0.empty()) out.dh0 = states(get("dh0", state));
   }
   return out;
 }
