@@ -5,7 +5,7 @@
 // Prints a Markdown fragment (docs/fast-weight.md embeds it verbatim between its "generated" markers, and the
 // ctest Docs.FastWeightPageMatchesProgram checks that the two agree):
 //   1. one token walked through decay, gated read, residual and write, with the local objective L_t
-//      (derivations/01-recurrence.md, Eq. 2.1) before and after, and checks that S_t is its minimiser;
+//      (derivations/01-recurrence.md, Eq. 1.4) before and after, and checks that S_t is its minimiser;
 //   2. a toy associative memory: N facts, each arriving as two tokens that each carry half of the value (the other
 //      half is noise), stored with DeltaNet, Gated DeltaNet, KDA and GDR-2 gate settings and read back;
 //   3. with --plot-dir, the retrieval error against N as a data file and a gnuplot script (gnuplot -> PNG).
@@ -64,7 +64,7 @@ std::string vec_text(const Vec& x) {
 
 // ---- Part 1: one token -------------------------------------------------------------------------------------
 
-// L_t(S) = ||S - Sbar||_F^2 - 2 < S^T k, z - Sbar^T e >   (derivations Eq. 2.1)
+// L_t(S) = ||S - Sbar||_F^2 - 2 < S^T k, z - Sbar^T e >   (derivations Eq. 1.4)
 double objective(const Mat& s, const Mat& sbar, const Vec& k, const Vec& residual) {
   return (s - sbar).squaredNorm() - 2.0 * (s.transpose() * k).dot(residual);
 }
@@ -95,8 +95,8 @@ bool one_token() {
   const double before = objective(h.s0, sbar, k, residual);
   const double at_sbar = objective(sbar, sbar, k, residual);
   const double after = objective(s_t, sbar, k, residual);
-  const Mat gradient = 2.0 * (s_t - sbar) - 2.0 * k * residual.transpose();  // Eq. 2.2
-  // L_t is a quadratic with Hessian 2I, so L_t(S_t + P) - L_t(S_t) = ||P||_F^2 for every P (Eq. 2.3).
+  const Mat gradient = 2.0 * (s_t - sbar) - 2.0 * k * residual.transpose();  // Eq. 1.5
+  // L_t is a quadratic with Hessian 2I, so L_t(S_t + P) - L_t(S_t) = ||P||_F^2 for every P (Eq. 1.6).
   double worst_rise_error = 0, smallest_rise = 1e300;
   for (int trial = 0; trial < 1000; ++trial) {
     Mat p(dk, dv);

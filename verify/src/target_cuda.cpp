@@ -2,7 +2,8 @@
 // found nvcc (GDR2_HAVE_CUDA); offered at run time only when gdr2::cuda::device_available().
 //   cuda-recurrent       token-by-token forward, fp32 inputs (contract fp32); no backward
 //   cuda-chunk-fast      chunkwise forward + backward, Mode::fast, bf16 inputs (contract bf16; --contract tf32
-//                        runs it on fp32 inputs, where tensor cores give tf32 products)
+//                        runs it on fp32 inputs, the contract a tensor-core fast path will be held to; today
+//                        Mode::fast runs the fp32 kernels)
 //   cuda-chunk-accurate  chunkwise forward + backward, Mode::accurate, fp32 inputs (contract fp32)
 #include <algorithm>
 #include "target.hpp"

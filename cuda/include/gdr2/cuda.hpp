@@ -23,8 +23,9 @@ class error : public std::runtime_error {
 };
 
 enum class DType { f32, bf16, f16 };
-// fast: bf16/fp16 tensor-core operands, fp32 accumulation. accurate: fp32-class accuracy
-// (relative error < 1e-5 against the double reference on typical inputs).
+// accurate: fp32-class accuracy (relative error < 1e-5 against the double reference on typical inputs).
+// fast: meant for bf16/fp16 tensor-core operands with fp32 accumulation; today it runs the same fp32 FFMA
+// kernels as accurate (cuda/README.md, "Limits and known gaps").
 enum class Mode { fast, accurate };
 
 struct Problem {
