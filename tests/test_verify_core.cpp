@@ -8,6 +8,8 @@
 #include "case.hpp"
 #include "oracle.hpp"
 #include "port_client.hpp"
+#include "properties.hpp"
+#include "target.hpp"
 #include "safetensors.hpp"
 
 using namespace gdr2v;
@@ -192,4 +194,42 @@ TEST(VerifyOracle, RelativeErrorFlagsNonFiniteAndSizeMismatch) {
   EXPECT_TRUE(std::isinf(relative_error({1.0}, {1.0, 1.0})));
   EXPECT_DOUBLE_EQ(relative_error({3.0, 4.0}, {0.0, 0.0}), 5.0);
   EXPECT_DOUBLE_EQ(relative_error({1.0, 1.0}, {1.0, 1.0}), 0.0);
+}
+
+namespace {
+// A target that returns the double reference with o and ht scaled by 1.5: wrong by 50% in every case.
+struct ScaledReferenceTarget : Target {
+  std::string name() const override { return "scaled-reference"; }
+  std::string description() const override { return "the double reference, o and ht times 1.5"; }
+  Capabilities capabilities() const override { return {}; }
+  Contract default_contract() const override { return Contract::fp16; }
+  Outputs run(const Case& c, DType, const std::string&) override {
+    Outputs out = reference_double(c);
+    for (auto& x : out.o) x *= 1.5;
+    for (auto& x : out.ht) x *= 1.5;
+    return out;
+  }
+};
+}  // namespace
+
+// A case whose reference overflows in half (|S| reaches 5 x 30000 > 65504) gives infinite baselines. They must not
+// widen the bound to infinity: the floor alone bounds the target then, and a 50% error fails.
+TEST(VerifyOracle, OverflowingBaselineGivesNoFreePass) {
+  Case c;
+  c.x = gdr2::Batch<double>::zeros(1, 5, 1, 1, 16, 16, false);
+  for (Index t = 0; t < 5; ++t) {
+    c.x.q[static_cast<size_t>(t * 16)] = 1.0;  // q = k = e_0, g = 0, b = 0 (nothing erased), w = 1, v = 3e4
+    c.x.k[static_cast<size_t>(t * 16)] = 1.0;
+    for (Index j = 0; j < 16; ++j) {
+      c.x.v[static_cast<size_t>(t * 16 + j)] = 3e4;
+      c.x.w[static_cast<size_t>(t * 16 + j)] = 1.0;
+    }
+  }
+  c.x.scale = 1.0;
+  ASSERT_FALSE(std::isfinite(relative_error(baselines(Contract::fp16, c)[2].ht, reference_double(c).ht)))
+      << "the case must overflow the half-precision reference for this test to mean anything";
+  ScaledReferenceTarget target;
+  const Evaluation e = evaluate(target, Property::forward, Contract::fp16, c, 0, "overflow case");
+  EXPECT_FALSE(e.pass) << e.message;
+  EXPECT_NE(e.message.find("ht: err"), std::string::npos) << e.message;
 }

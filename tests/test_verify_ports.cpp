@@ -163,7 +163,8 @@ INSTANTIATE_TEST_SUITE_P(Port, VerifyMutants,
                            return n;
                          });
 
-TEST(VerifyMutants, CorrectPortPasses500CasesOfEveryProperty) {
+// 500 forward cases in fp32, then 60 of each other property in bf16: 800 cases, none may fail.
+TEST(VerifyMutants, CorrectPortPasses500ForwardCasesAndEveryProperty) {
   const std::string cmd = example_port();
   auto target = port(cmd);
   RunOptions o = options({Property::forward}, 500, cmd);

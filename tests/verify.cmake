@@ -29,3 +29,9 @@ if(Python3_Interpreter_FOUND)
               ${PROJECT_SOURCE_DIR}/verify/ports/${port}.py)
   endforeach()
 endif()
+
+# The main job of `make verify` (every built-in target available here, default cases) holds in CI too. Its time
+# (27 s on the 2-core build machine; the issue asks < 2 min) is reported in docs/performance.md, not asserted here.
+if(TARGET gdr2-verify)
+  add_test(NAME Verify.DefaultRunPasses COMMAND gdr2-verify --repro-dir ${PROJECT_BINARY_DIR}/verify-default-failures)
+endif()

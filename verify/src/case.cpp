@@ -188,12 +188,6 @@ std::vector<double> transpose_states(const std::vector<double>& s, Index NHV, In
   return t;
 }
 
-std::string number_text(double x) {
-  std::ostringstream s;
-  s.precision(17);
-  s << x;
-  return s.str();
-}
 
 }  // namespace
 
@@ -275,6 +269,13 @@ Case case_from_file(const SafeTensors& f) {
     throw format_error(std::string("inconsistent case file: ") + e.what());
   }
   return c;
+}
+
+std::string number_text(double x) {
+  std::ostringstream s;
+  s.precision(17);
+  s << x;
+  return s.str();
 }
 
 }  // namespace gdr2v

@@ -60,6 +60,9 @@ struct Outputs {
 // The deterministic values of a spec (unrounded doubles).
 Case make_case(const CaseSpec& spec);
 
+// A double as text that reads back to the same double (17 significant digits), for file metadata.
+std::string number_text(double x);
+
 // Rounds q, k, v, b, w (and dout) to `io` and g, h0 (and dht) to fp32: what a kernel with inputs in `io`
 // and fp32 gates and states reads.
 Case round_inputs(const Case& c, DType io);

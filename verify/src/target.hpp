@@ -40,7 +40,7 @@ class Target {
   virtual Outputs run(const Case& c, DType io, const std::string& label) = 0;
 };
 
-// Built-in reference targets: "ref-float", "ref-bfloat16", "ref-half" (recurrent form in that precision).
+// Built-in reference targets: "ref-float", "ref-bfloat16", "ref-half" (chunkwise form, C = 32, in that precision).
 std::vector<std::string> reference_target_names();
 std::unique_ptr<Target> make_reference_target(const std::string& name);  // nullptr when unknown
 

@@ -1,4 +1,4 @@
-// The reference evaluated in float, bfloat16 and half (recurrent form): always available, so a machine with
+// The reference evaluated in float, bfloat16 and half (chunkwise form with 32-token chunks): always available, so a machine with
 // no GPU still has a meaningful run, and their ratios against the chunkwise baseline calibrate the factor.
 #include "target.hpp"
 
