@@ -233,3 +233,22 @@ TEST(VerifyOracle, OverflowingBaselineGivesNoFreePass) {
   EXPECT_FALSE(e.pass) << e.message;
   EXPECT_NE(e.message.find("ht: err"), std::string::npos) << e.message;
 }
+
+// The collapse-to-Gated-DeltaNet gradients: Eq. 48's dbeta and the scalar-decay reduction sum_i dg_t[i] of the
+// GDR-2 reference backward equal the independent token-by-token KDA/GDN backward of the oracle (two double
+// evaluations in different orders: ~1e-15; 1e-11 leaves room for cancellation), grouped value heads included;
+// and a gradient with one decay channel dropped is rejected (the check can fail).
+TEST(VerifyOracle, GatedDeltaNetGradientsByEq48AndScalarDecay) {
+  CaseSpec spec;
+  spec.seed = 13; spec.T = 37; spec.H = 2; spec.group = 2; spec.K = 16; spec.V = 32;
+  spec.tie = Tie::gated_deltanet; spec.want_grad = true;
+  const Case c = make_case(spec);
+  const Outputs ref = reference_double(c);
+  ASSERT_TRUE(ref.has_grad);
+  const TiedReference tied = tied_reference(Tie::gated_deltanet, c);
+  EXPECT_LT(relative_error(dbeta_eq48(c, ref), tied.dbeta), 1e-11);
+  EXPECT_LT(relative_error(dlog_decay_sum(c, ref), tied.dlog_decay), 1e-11);
+  Outputs wrong = ref;
+  for (size_t i = 0; i < wrong.dg.size(); i += static_cast<size_t>(c.x.K)) wrong.dg[i] = 0;  // channel 0 dropped
+  EXPECT_GT(relative_error(dlog_decay_sum(c, wrong), tied.dlog_decay), 1e-3);
+}

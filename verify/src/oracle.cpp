@@ -128,12 +128,17 @@ double relative_error(const std::vector<double>& x, const std::vector<double>& r
 
 namespace {
 
-// Independent KDA backward for dbeta only (token by token, from KDA's own step
+// Independent KDA backward for dbeta and the decay's total gradient (token by token, from KDA's own step
 // S_t = Sbar_t + beta_t k_t (v_t - Sbar_t^T k_t)^T, Sbar_t = Diag(exp g_t) S_{t-1}):
 //   dbeta_t = k_t^T dS_t (v_t - Sbar_t^T k_t),  dSbar_t = dS_t - beta_t k_t (k_t^T dS_t),  dS_{t-1} = D_t dSbar_t,
-// with dS_t += scale q_t do_t^T from the output o_t = scale S_t^T q_t.
-Eigen::VectorXd kda_dbeta(const gdr2::KdaHead<double>& h, const gdr2::Matrix<double>& dout,
-                          const gdr2::Matrix<double>& dht) {
+//   sum_i dg_t[i] = <dSbar_t, Sbar_t>_F  (dSbar/dg_t[i] scales row i of Sbar_t),
+// with dS_t += scale q_t do_t^T from the output o_t = scale S_t^T q_t. With a scalar decay a_t (Gated DeltaNet,
+// g_t = log a_t in every channel) the second is dL/d(log a_t), the scalar-decay reduction of the gradient.
+struct KdaGradients {
+  Eigen::VectorXd dbeta, dlog_decay;
+};
+KdaGradients kda_gradients(const gdr2::KdaHead<double>& h, const gdr2::Matrix<double>& dout,
+                           const gdr2::Matrix<double>& dht) {
   const Index T = h.q.rows();
   std::vector<gdr2::Matrix<double>> before(static_cast<size_t>(T));  // Sbar_t
   gdr2::Matrix<double> S = h.s0;
@@ -142,7 +147,7 @@ Eigen::VectorXd kda_dbeta(const gdr2::KdaHead<double>& h, const gdr2::Matrix<dou
     before[static_cast<size_t>(t)] = S;
     gdr2::detail::delta_rule_step(S, h.k.row(t), h.v.row(t), h.beta(t));
   }
-  Eigen::VectorXd dbeta(T);
+  Eigen::VectorXd dbeta(T), dlog_decay(T);
   gdr2::Matrix<double> dS = dht;
   for (Index t = T - 1; t >= 0; --t) {
     dS += h.scale * h.q.row(t).transpose() * dout.row(t);
@@ -152,9 +157,10 @@ Eigen::VectorXd kda_dbeta(const gdr2::KdaHead<double>& h, const gdr2::Matrix<dou
     const Eigen::VectorXd kdS = dS.transpose() * k;  // (k^T dS)^T
     dbeta(t) = kdS.dot(err);
     gdr2::Matrix<double> dSbar = dS - h.beta(t) * k * kdS.transpose();
+    dlog_decay(t) = dSbar.cwiseProduct(Sbar).sum();
     dS = h.g.row(t).array().exp().matrix().asDiagonal() * dSbar;
   }
-  return dbeta;
+  return {dbeta, dlog_decay};
 }
 
 }  // namespace
@@ -164,7 +170,10 @@ TiedReference tied_reference(Tie tie, const Case& c) {
   TiedReference r;
   r.forward.o.assign(x.v.size(), 0.0);
   r.forward.ht.assign(static_cast<size_t>(c.N() * x.HV * x.K * x.V), 0.0);
-  if (c.want_grad) r.dbeta.assign(static_cast<size_t>(x.B * x.T * x.H), 0.0);
+  if (c.want_grad) {
+    r.dbeta.assign(static_cast<size_t>(x.B * x.T * x.H), 0.0);
+    r.dlog_decay.assign(r.dbeta.size(), 0.0);
+  }
   for (Index n = 0; n < c.N(); ++n)
     for (Index hv = 0; hv < x.HV; ++hv) {
       const gdr2::Head<double> head = gdr2::extract_head(x, n, hv);
@@ -189,12 +198,24 @@ TiedReference tied_reference(Tie tie, const Case& c) {
           for (Index d = 0; d < x.V; ++d) dout(t, d) = c.dout[static_cast<size_t>(((begin + t) * x.HV + hv) * x.V + d)];
         for (Index i = 0; i < x.K; ++i)
           for (Index j = 0; j < x.V; ++j) dht(i, j) = c.dht[state_at + static_cast<size_t>(i * x.V + j)];
-        const Eigen::VectorXd db = kda_dbeta(kda, dout, dht);
+        const KdaGradients kg = kda_gradients(kda, dout, dht);
         const Index h = x.key_head(hv);
-        for (Index t = 0; t < T; ++t) r.dbeta[static_cast<size_t>((begin + t) * x.H + h)] += db(t);
+        for (Index t = 0; t < T; ++t) {
+          r.dbeta[static_cast<size_t>((begin + t) * x.H + h)] += kg.dbeta(t);
+          r.dlog_decay[static_cast<size_t>((begin + t) * x.H + h)] += kg.dlog_decay(t);
+        }
       }
     }
   return r;
+}
+
+std::vector<double> dlog_decay_sum(const Case& c, const Outputs& g) {
+  const auto& x = c.x;
+  std::vector<double> out(static_cast<size_t>(x.B * x.T * x.H), 0.0);
+  if (!g.has_grad) return out;
+  for (Index bth = 0; bth < x.B * x.T * x.H; ++bth)
+    for (Index i = 0; i < x.K; ++i) out[static_cast<size_t>(bth)] += g.dg[static_cast<size_t>(bth * x.K + i)];
+  return out;
 }
 
 std::vector<double> dbeta_eq48(const Case& c, const Outputs& g) {

@@ -43,10 +43,13 @@ Precision precision_of(Contract c);  // fp32: f32; bf16: bf16; tf32, fp16: f16
 struct TiedReference {
   Outputs forward;             // o, ht
   std::vector<double> dbeta;   // [B, T, H] (empty unless c.want_grad)
+  std::vector<double> dlog_decay;  // [B, T, H]: sum_i dL/dg_t[i] (Gated DeltaNet: dL/d(log a_t)), same backward
 };
 TiedReference tied_reference(Tie tie, const Case& c);
 // dL/dbeta through Eq. 48 from a GDR-2 gradient: sum_i db[t,h,i] + sum_{hv in group h} sum_j dw[t,hv,j].
 std::vector<double> dbeta_eq48(const Case& c, const Outputs& grads);
+// The scalar-decay reduction of a GDR-2 gradient: sum_i dg[t,h,i] (dL/d(log a_t) when g_t = log a_t 1).
+std::vector<double> dlog_decay_sum(const Case& c, const Outputs& grads);
 
 // Relative Frobenius error ||x - ref|| / ||ref|| (||x - ref|| when ref is zero); +inf when x holds a
 // non-finite value or the sizes differ.

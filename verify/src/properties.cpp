@@ -150,6 +150,14 @@ Evaluation evaluate(Target& target, Property p, Contract contract, const Case& c
         Bases b;
         for (const auto& d : base_dbeta) b.push_back(&d);
         check_tensor(e, "dbeta", dbeta_eq48(c, e.actual), tied.dbeta, b, tol);
+        if (p == Property::gated_deltanet) {
+          // The scalar decay: dL/d(log a_t) = sum_i dL/dg_t[i], against the same independent backward.
+          std::vector<std::vector<double>> base_da;
+          for (const auto& base : bases) base_da.push_back(dlog_decay_sum(c, base));
+          Bases bd;
+          for (const auto& d : base_da) bd.push_back(&d);
+          check_tensor(e, "dlog_a", dlog_decay_sum(c, e.actual), tied.dlog_decay, bd, tol);
+        }
       }
       break;
     }
