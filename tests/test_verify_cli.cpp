@@ -82,3 +82,35 @@ TEST(VerifyCli, CounterexampleExitsOneAndReplays) {
   std::filesystem::remove_all(dir);
   std::filesystem::remove(json);
 }
+
+// An interrupted tool takes its port with it: the port runs in its own process group (so a hung port can be
+// killed whole), and SIGINT / SIGTERM to gdr2-verify kill that group before the tool exits.
+TEST(VerifyCli, InterruptedToolKillsItsPort) {
+  const std::string pid_file = temp("port.pid");
+  std::filesystem::remove(pid_file);
+  for (const char* sig : {"INT", "TERM"}) {
+    // The port shell writes its pid (\$\$: expanded by the port's shell, not the test's), then becomes the hanging
+    // example port (exec keeps the pid).
+    const std::string port_cmd = "echo \\$\\$ > '" + pid_file + "'; exec '" + std::string(GDR2_EXAMPLE_PORT) +
+                                 "' --misbehave hang";
+    // alive PID: the process exists and is not a zombie (killed but not reaped: a container's pid 1 may not reap).
+    // The tool gets 2 s to act on the signal; one that ignores it is killed and reported, so the test never hangs.
+    const std::string script =
+        "alive() { s=$(cut -d' ' -f3 /proc/$1/stat 2>/dev/null); [ -n \"$s\" ] && [ \"$s\" != Z ]; }; "
+        "'" + std::string(GDR2_VERIFY_EXE) + "' --port-cmd \"" + port_cmd +
+        "\" --timeout 120 --cases 3 >/dev/null 2>&1 & v=$!; "
+        "for i in $(seq 100); do [ -s '" + pid_file + "' ] && break; sleep 0.05; done; sleep 0.3; "
+        "kill -" + sig + " $v; for i in $(seq 40); do alive $v || break; sleep 0.05; done; "
+        "if alive $v; then kill -9 $v; echo TOOL-IGNORED-THE-SIGNAL; fi; wait $v; "
+        "p=$(cat '" + pid_file + "'); sleep 0.3; "
+        "if alive $p; then kill -9 $p; echo ALIVE; else echo GONE; fi";
+    FILE* p = popen(script.c_str(), "r");  // through /bin/sh -c
+    ASSERT_NE(p, nullptr);
+    std::array<char, 256> buf{};
+    std::string out;
+    while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+    pclose(p);
+    EXPECT_EQ(out, "GONE\n") << "SIG" << sig << " to gdr2-verify with a hanging port";
+    std::filesystem::remove(pid_file);
+  }
+}

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -86,6 +87,44 @@ Capabilities parse_handshake(const std::string& line) {
   return caps;
 }
 
+namespace {
+
+// The process groups of running ports, so that an interrupted tool (Ctrl-C, SIGTERM, SIGHUP) takes its ports with
+// it: a port runs in its own process group and would otherwise outlive the tool. Async-signal-safe: lock-free
+// atomics, kill() and raise() only.
+constexpr int kMaxPorts = 16;
+std::atomic<pid_t> g_port_groups[kMaxPorts];
+
+void kill_ports_and_reraise(int sig) {
+  for (auto& group : g_port_groups) {
+    const pid_t pgid = group.load();
+    if (pgid > 0) kill(-pgid, SIGKILL);
+  }
+  std::signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+void register_port_group(pid_t pgid) {
+  static const bool installed = [] {
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, kill_ports_and_reraise);
+    return true;
+  }();
+  (void)installed;
+  for (auto& group : g_port_groups) {
+    pid_t empty = 0;
+    if (group.compare_exchange_strong(empty, pgid)) return;
+  }
+}
+
+void unregister_port_group(pid_t pgid) {
+  for (auto& group : g_port_groups) {
+    pid_t expected = pgid;
+    if (group.compare_exchange_strong(expected, 0)) return;
+  }
+}
+
+}  // namespace
+
 PortProcess::PortProcess(std::string command, double timeout_s) : command_(std::move(command)), timeout_s_(timeout_s) {
   std::signal(SIGPIPE, SIG_IGN);  // a dead port must give an error on write, not kill the tool
   std::string tmpl = (std::filesystem::temp_directory_path() / "gdr2-verify-XXXXXX").string();
@@ -107,6 +146,7 @@ PortProcess::PortProcess(std::string command, double timeout_s) : command_(std::
     _exit(127);
   }
   setpgid(pid_, pid_);
+  register_port_group(pid_);
   if (err_fd >= 0) close(err_fd);
   close(in_pipe[0]);
   close(out_pipe[1]);
@@ -144,6 +184,7 @@ void PortProcess::stop(bool force) {
       waitpid(pid_, &status, 0);
     }
     exit_status_ = status;
+    unregister_port_group(pid_);
     pid_ = -1;
   }
   if (from_port_ >= 0) { close(from_port_); from_port_ = -1; }
