@@ -23,9 +23,12 @@ INLINE_CODE = re.compile(r"`[^`]*`")  # \tag inside `code` is prose, not an equa
 MACROS = r"(?:TEST|TEST_F|TEST_P|TYPED_TEST|TYPED_TEST_P|RC_GTEST_PROP|RC_GTEST_FIXTURE_PROP)"
 
 
+COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)  # a commented-out test is not a test
+
+
 def defines_test(source: str, suite: str, name: str) -> bool:
     pattern = re.compile(r"\b" + MACROS + r"\s*\(\s*" + re.escape(suite) + r"\s*,\s*" + re.escape(name) + r"\s*[,)]")
-    return pattern.search(source) is not None
+    return pattern.search(COMMENTS.sub("", source)) is not None
 
 
 def check(root: pathlib.Path, pages):
@@ -78,7 +81,8 @@ def self_test() -> bool:
         root = pathlib.Path(tmp)
         (root / "tests").mkdir()
         (root / "derivations").mkdir()
-        (root / "tests/test_a.cpp").write_text("TEST(Suite, Real) {}\nRC_GTEST_PROP(Prop, Holds, ()) {}\n")
+        (root / "tests/test_a.cpp").write_text("TEST(Suite, Real) {}\nRC_GTEST_PROP(Prop, Holds, ()) {}\n"
+                                               "// TEST(Suite, Commented) {}\n/* TEST(Suite, Blocked) {} */\n")
         good = "$$\nx\n\\tag{1.1}\n$$\n\n**Checked by:** `tests/test_a.cpp: Suite.Real`,\n`tests/test_a.cpp: Prop.Holds`\n"
         cases = {
             "good": (good, 0),
@@ -87,6 +91,8 @@ def self_test() -> bool:
             "no reference": ("$$\nx\n\\tag{1.1}\n$$\n\nNot checked.\n", 1),
             "duplicate tag": (good + "\n$$\ny\n\\tag{1.1}\n$$\n**Checked by:** `tests/test_a.cpp: Suite.Real`\n", 1),
             "prefix of a name": (good.replace("Suite.Real", "Suite.Rea"), 1),
+            "commented-out test": (good.replace("Suite.Real", "Suite.Commented"), 1),
+            "test in a block comment": (good.replace("Suite.Real", "Suite.Blocked"), 1),
         }
         ok = True
         for label, (text, expected) in cases.items():
