@@ -95,7 +95,16 @@ bool one_token() {
   const double before = objective(h.s0, sbar, k, residual);
   const double at_sbar = objective(sbar, sbar, k, residual);
   const double after = objective(s_t, sbar, k, residual);
-  const Mat gradient = 2.0 * (s_t - sbar) - 2.0 * k * residual.transpose();  // Eq. 1.5
+  // The gradient of L_t at S_t by central differences of objective() itself, not by the closed form of Eq. 1.5
+  // (which vanishes at S_t by the same algebra that built S_t). L_t is quadratic, so a central difference is exact
+  // up to rounding for any step; a step of 0.1 keeps the rounding near 1e-15.
+  Mat gradient(dk, dv);
+  for (Index i = 0; i < dk; ++i)
+    for (Index j = 0; j < dv; ++j) {
+      Mat step = Mat::Zero(dk, dv);
+      step(i, j) = 0.1;
+      gradient(i, j) = (objective(s_t + step, sbar, k, residual) - objective(s_t - step, sbar, k, residual)) / 0.2;
+    }
   // L_t is a quadratic with Hessian 2I, so L_t(S_t + P) - L_t(S_t) = ||P||_F^2 for every P (Eq. 1.6).
   double worst_rise_error = 0, smallest_rise = 1e300;
   for (int trial = 0; trial < 1000; ++trial) {
