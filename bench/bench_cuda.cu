@@ -174,14 +174,16 @@ GDR2_BENCHMARK("cuda/chunk_forward", "CUDA chunk forward (fast and accurate mode
   }
 }
 
-GDR2_BENCHMARK("cuda/chunk_forward_tiles", "CUDA chunk forward (accurate) at B=4 T=4096 with each state V tile") {
+GDR2_BENCHMARK("cuda/chunk_forward_tiles", "CUDA chunk forward (both modes) at B=4 T=4096 with each state V tile") {
   if (!gdr2::cuda::device_available()) return;
   DeviceProblem d(ctx.quick ? 1 : 4, ctx.quick ? 256 : 4096, 16, 128, false);
-  for (const char* vt : {"16", "32", "64"}) {
-    setenv("GDR2_CUDA_STATE_VT", vt, 1);
-    const double ms = median_ms(repeats(ctx), [&] { gdr2::cuda::chunk_forward(d.p, d.forward(), gdr2::cuda::Mode::accurate); });
-    ctx.report(row("cuda/chunk_forward_tiles/accurate", d, std::string("VT=") + vt, ms, d.forward_bytes(), ""));
-  }
+  for (auto mode : {gdr2::cuda::Mode::fast, gdr2::cuda::Mode::accurate})
+    for (const char* vt : {"16", "32", "64"}) {
+      setenv("GDR2_CUDA_STATE_VT", vt, 1);
+      const double ms = median_ms(repeats(ctx), [&] { gdr2::cuda::chunk_forward(d.p, d.forward(), mode); });
+      ctx.report(row(std::string("cuda/chunk_forward_tiles/") + (mode == gdr2::cuda::Mode::fast ? "fast" : "accurate"), d,
+                     std::string("VT=") + vt, ms, d.forward_bytes(), ""));
+    }
   unsetenv("GDR2_CUDA_STATE_VT");
   setenv("GDR2_CUDA_STATE_PREFETCH", "0", 1);
   const double ms = median_ms(repeats(ctx), [&] { gdr2::cuda::chunk_forward(d.p, d.forward(), gdr2::cuda::Mode::accurate); });

@@ -6,6 +6,7 @@
 #include <rapidcheck.h>
 
 #include <cstdlib>
+#include <iostream>
 
 #include <gdr2/family.hpp>
 #include <gdr2/reference.hpp>
@@ -285,6 +286,45 @@ TEST(CudaForward, NegativeControlsAreRejected) {
     auto no_h0 = [](DeviceBatch& d) { d.h0 = DeviceBuffer(); };
     EXPECT_FALSE(compare_forward(batch, DType::f32, kernel, no_h0).passes()) << kernel_label(kernel);
   }
+}
+
+// ---- the tensor-core path (chunk/fast on bf16 and f16 inputs, K <= 128) ------------------------------------
+
+TEST(CudaForward, TensorCorePathOddShapesGvaAndStrongDecay) {
+  GDR2_REQUIRE_DEVICE();
+  // K and V not multiples of 16 (the workspace pads them), T not a multiple of 64, GVA, K at the limit.
+  struct Shape { int T, H, HV, K, V; };
+  for (Shape s : {Shape{1, 1, 1, 1, 1}, Shape{63, 1, 2, 7, 5}, Shape{64, 2, 2, 100, 33}, Shape{129, 1, 3, 128, 80},
+                  Shape{200, 2, 4, 48, 130}}) {
+    const auto batch = gdr2_test::random_batch(500 + s.T, 2, s.T, s.H, s.HV, s.K, s.V, Gates::typical, true);
+    for (DType t : {DType::bf16, DType::f16})
+      expect_matches(batch, t, Kernel::chunk_fast,
+                     "T=" + std::to_string(s.T) + " H=" + std::to_string(s.H) + " HV=" + std::to_string(s.HV) +
+                         " K=" + std::to_string(s.K) + " V=" + std::to_string(s.V));
+  }
+  auto strong = gdr2_test::random_batch(31, 1, 128, 1, 1, 64, 64, Gates::typical, true);
+  for (auto& e : strong.g) e = -50.0;  // exp(-G) would be exp(3200) inside one chunk
+  expect_matches(strong, DType::bf16, Kernel::chunk_fast, "g = -50 everywhere");
+}
+
+TEST(CudaForward, TensorCorePathNegativeControlsAreRejected) {
+  GDR2_REQUIRE_DEVICE();
+  // The bf16 tolerance is wider than the fp32 one, so the controls must still fall outside it.
+  const auto batch = gdr2_test::random_batch(101, 1, 96, 1, 1, 32, 32, Gates::typical, true);
+  const Comparison clean = compare_forward(batch, DType::bf16, Kernel::chunk_fast);
+  std::cout << "tensor-core path, B=1 T=96 K=V=32 bf16: " << clean.describe() << "\n";
+  ASSERT_TRUE(clean.passes()) << clean.describe();
+  auto wrong_scale = [](DeviceBatch& d) { d.problem.scale *= 1.05f; };  // 5%: above bf16's ~0.4% per rounding
+  EXPECT_FALSE(compare_forward(batch, DType::bf16, Kernel::chunk_fast, wrong_scale).passes());
+  auto stale_gate = [&](DeviceBatch& d) {  // g shifted by one token
+    std::vector<double> g(batch.g.size());
+    std::copy(batch.g.begin(), batch.g.end() - 32, g.begin() + 32);
+    std::copy(batch.g.begin(), batch.g.begin() + 32, g.begin());
+    d.g = upload(g, DType::f32);
+  };
+  EXPECT_FALSE(compare_forward(batch, DType::bf16, Kernel::chunk_fast, stale_gate).passes());
+  auto no_h0 = [](DeviceBatch& d) { d.h0 = DeviceBuffer(); };
+  EXPECT_FALSE(compare_forward(batch, DType::bf16, Kernel::chunk_fast, no_h0).passes());
 }
 
 // ---- host API: errors are exceptions with a clear message -------------------------------------------------

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <type_traits>
 
+#include "chunk_forward_tc.cuh"
 #include "common.cuh"
 
 namespace gdr2::cuda {
@@ -539,22 +540,6 @@ chunk_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int
   }
 }
 
-// Owns a stream-ordered device allocation (freed on the same stream, also when an exception unwinds).
-class StreamBuffer {
- public:
-  StreamBuffer(std::size_t bytes, cudaStream_t stream, const char* who) : stream_(stream) {
-    if (bytes) check(cudaMallocAsync(&ptr_, bytes, stream), who, "cudaMallocAsync(workspace)");
-  }
-  ~StreamBuffer() { if (ptr_) cudaFreeAsync(ptr_, stream_); }
-  StreamBuffer(const StreamBuffer&) = delete;
-  StreamBuffer& operator=(const StreamBuffer&) = delete;
-  float* get() const { return static_cast<float*>(ptr_); }
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-};
-
 template <class T, int KMAX, int VT>
 void launch_state(const Problem& p, const ForwardTensors& x, int N, float scale, const float* const* ws,
                   cudaStream_t stream, const char* who) {
@@ -579,13 +564,7 @@ void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, cudaStr
   const Validated checked = validate_problem(p, who);
   if (mode != Mode::fast && mode != Mode::accurate) fail(who, ": unknown mode ", static_cast<int>(mode));
   if (p.K > 256) fail(who, ": K must be <= 256, got K = ", p.K);
-  validate_forward_tensors(p, x, who);
-  if (x.h0 != nullptr && x.ht != nullptr && x.h0 != x.ht) {
-    const std::size_t bytes = static_cast<std::size_t>(checked.N) * p.HV * p.K * p.V * sizeof(float);
-    const char* a = reinterpret_cast<const char*>(x.h0);
-    const char* z = reinterpret_cast<const char*>(x.ht);
-    if (a < z + bytes && z < a + bytes) fail(who, ": h0 and ht overlap partially (they must be equal or disjoint)");
-  }
+  validate_forward_tensors(p, x, checked.N, who);
   const std::int64_t tokens = static_cast<std::int64_t>(p.B) * p.T;
   if (tokens == 0) {
     // No tokens: the final state is the initial state (or zeros).
@@ -596,13 +575,34 @@ void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, cudaStr
     }
     return;
   }
+  // V tile: 64 unless that leaves most SMs idle (the state recurrence is sequential over chunks, so the
+  // blocks are its only parallelism; narrower tiles use the FMA units less well).
+  int sms = 132;
+  int device = 0;
+  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  auto blocks = [&](int vt) { return static_cast<long long>(checked.N) * p.HV * ((p.V + vt - 1) / vt); };
+  int vt = blocks(64) >= sms / 2 ? 64 : blocks(32) >= sms / 2 ? 32 : 16;
+  // GDR2_CUDA_STATE_VT=16|32|64 forces the tile (tests cover every tile width; benchmarks compare them).
+  if (const char* forced = std::getenv("GDR2_CUDA_STATE_VT")) {
+    const int f = std::atoi(forced);
+    if (f != 16 && f != 32 && f != 64) fail(who, ": GDR2_CUDA_STATE_VT must be 16, 32 or 64, got '", forced, "'");
+    vt = f;
+  }
+  if (mode == Mode::fast && tensor_core_forward_eligible(p)) {
+    // The tensor-core state kernel fits two 32-column blocks per SM (one 64-column block): 32 columns when
+    // every block of that width is resident at once (measured faster at B=4, T=4096: cuda/README.md).
+    const bool forced = std::getenv("GDR2_CUDA_STATE_VT") != nullptr;
+    if (!forced && vt == 64 && blocks(32) <= 2LL * sms) vt = 32;
+    chunk_forward_tensor_core(p, x, checked, vt, stream, who);
+    return;
+  }
   // Workspace (fp32), everything the state recurrence needs that does not depend on the state:
   // Aqk [BT, H, 64], Y, Qgamma, Ktail [BT, H, K], U [BT, HV, V], gamma_C [BT, H, K] (row t0 of each chunk).
   const std::size_t aqk_count = static_cast<std::size_t>(tokens) * p.H * kChunk;
   const std::size_t key_count = static_cast<std::size_t>(tokens) * p.H * p.K;
   const std::size_t u_count = static_cast<std::size_t>(tokens) * p.HV * p.V;
   StreamBuffer workspace((aqk_count + 4 * key_count + u_count) * sizeof(float), stream, who);
-  float* ws_aqk = workspace.get();
+  float* ws_aqk = workspace.as<float>();
   float* ws_y = ws_aqk + aqk_count;
   float* ws_qg = ws_y + key_count;
   float* ws_ktail = ws_qg + key_count;
@@ -621,19 +621,6 @@ void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, cudaStr
         static_cast<const T*>(x.b), static_cast<const T*>(x.w), p.cu_seqlens, checked.N, p.T, p.H, p.HV, p.K, p.V,
         ws_aqk, ws_y, ws_u, ws_qg, ws_ktail, ws_gamma_c);
     check_launch(who, "chunk_prepare_kernel");
-    // V tile: 64 unless that leaves most SMs idle (the state recurrence is sequential over chunks, so the
-    // blocks are its only parallelism; narrower tiles use the FMA units less well).
-    int sms = 132;
-    int device = 0;
-    if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    auto blocks = [&](int vt) { return static_cast<long long>(checked.N) * p.HV * ((p.V + vt - 1) / vt); };
-    int vt = blocks(64) >= sms / 2 ? 64 : blocks(32) >= sms / 2 ? 32 : 16;
-    // GDR2_CUDA_STATE_VT=16|32|64 forces the tile (tests cover every tile width; benchmarks compare them).
-    if (const char* forced = std::getenv("GDR2_CUDA_STATE_VT")) {
-      const int f = std::atoi(forced);
-      if (f != 16 && f != 32 && f != 64) fail(who, ": GDR2_CUDA_STATE_VT must be 16, 32 or 64, got '", forced, "'");
-      vt = f;
-    }
     auto run = [&](auto kmax) {
       constexpr int KMAX = decltype(kmax)::value;
       if (vt == 64 && KMAX <= 128) launch_state<T, KMAX, (KMAX <= 128 ? 64 : 32)>(p, x, checked.N, checked.scale, ws, stream, who);

@@ -88,6 +88,23 @@ __device__ __forceinline__ SeqRange sequence_range(const std::int32_t* cu_seqlen
   return {static_cast<std::int64_t>(n) * T, static_cast<std::int64_t>(n + 1) * T};
 }
 
+// Owns a stream-ordered device allocation (cudaMallocAsync, freed with cudaFreeAsync on the same stream,
+// also when an exception unwinds).
+class StreamBuffer {
+ public:
+  StreamBuffer(std::size_t bytes, cudaStream_t stream, const char* who) : stream_(stream) {
+    if (bytes) check(cudaMallocAsync(&ptr_, bytes, stream), who, "cudaMallocAsync(workspace)");
+  }
+  ~StreamBuffer() { if (ptr_) cudaFreeAsync(ptr_, stream_); }
+  StreamBuffer(const StreamBuffer&) = delete;
+  StreamBuffer& operator=(const StreamBuffer&) = delete;
+  template <class E> E* as() const { return static_cast<E*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
 // ---- host-side validation (shared by forward and backward) -------------------------------------------
 
 struct Validated {
@@ -100,7 +117,9 @@ struct Validated {
 Validated validate_problem(const Problem& p, const char* who);
 void require_pointer(const void* ptr, const char* who, const char* name);
 void require_alignment(const void* ptr, std::size_t bytes, const char* who, const char* name);
-// Pointers of a forward call: required ones present (when T > 0), every one aligned to its element size.
-void validate_forward_tensors(const Problem& p, const ForwardTensors& x, const char* who);
+// Pointers of a forward call: required ones present (when T > 0), every one aligned to its element size,
+// h0 and ht equal or disjoint (N = number of sequences: a partial overlap would let one block read state
+// that another block already overwrote).
+void validate_forward_tensors(const Problem& p, const ForwardTensors& x, int N, const char* who);
 
 }  // namespace gdr2::cuda::detail

@@ -28,7 +28,7 @@ void require_alignment(const void* ptr, std::size_t bytes, const char* who, cons
     fail(who, ": tensor '", name, "' at address ", ptr, " is not aligned to ", bytes, " bytes");
 }
 
-void validate_forward_tensors(const Problem& p, const ForwardTensors& x, const char* who) {
+void validate_forward_tensors(const Problem& p, const ForwardTensors& x, int N, const char* who) {
   const std::size_t e = dtype_size(p.dtype);
   if (p.T > 0) {
     require_pointer(x.q, who, "q");
@@ -48,6 +48,12 @@ void validate_forward_tensors(const Problem& p, const ForwardTensors& x, const c
   require_alignment(x.g, 4, who, "g");
   require_alignment(x.h0, 4, who, "h0");
   require_alignment(x.ht, 4, who, "ht");
+  if (x.h0 != nullptr && x.ht != nullptr && x.h0 != x.ht) {
+    const std::size_t bytes = static_cast<std::size_t>(N) * p.HV * p.K * p.V * sizeof(float);
+    const char* a = reinterpret_cast<const char*>(x.h0);
+    const char* z = reinterpret_cast<const char*>(x.ht);
+    if (a < z + bytes && z < a + bytes) fail(who, ": h0 and ht overlap partially (they must be equal or disjoint)");
+  }
 }
 
 Validated validate_problem(const Problem& p, const char* who) {

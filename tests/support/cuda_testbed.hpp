@@ -19,6 +19,8 @@
 #include <gdr2/batched.hpp>
 #include <gdr2/cuda.hpp>
 
+#include "tensor_core_model.hpp"
+
 namespace gdr2_test::cuda {
 
 using gdr2::cuda::DType;
@@ -215,9 +217,17 @@ inline double relative_error(const std::vector<double>& a, const std::vector<dou
 //                                            different (chunkwise) association.
 //   final state:  10 * e_f(ht) (the state stays fp32), floored at 1e-7.
 // For the chunk kernels e_f is the larger of the float token-by-token and float chunkwise references.
+// The tensor-core path (chunk/fast on bf16 or f16 inputs with K <= 128) rounds every matrix-product
+// operand to bf16 (unit roundoff 2^-9) and accumulates in fp32. Its bound adds 3 * e_tc, e_tc = error of
+// the host model of that path (tensor_core_model.hpp: the same algorithm, rounded to bf16 at the same
+// points): the kernel makes the same roundings of the same size, in another fp32 accumulation order, and
+// an operand whose fp32 value differs in its last bits may round the other way; 3 leaves room for those
+// independent errors not to cancel as the model's do.
 
 
 enum class Kernel { recurrent, chunk_accurate, chunk_fast };
+// Whether chunk_forward(Mode::fast) runs the bf16 tensor-core path (cuda/src/chunk_forward_tc.cuh).
+inline bool uses_tensor_cores(DType t, int K) { return t != DType::f32 && K <= 128; }
 inline const char* kernel_label(Kernel k) {
   return k == Kernel::recurrent ? "recurrent" : k == Kernel::chunk_accurate ? "chunk/accurate" : "chunk/fast";
 }
@@ -234,11 +244,13 @@ inline void launch(Kernel kernel, const gdr2::cuda::Problem& p, const gdr2::cuda
 struct Comparison {
   double err_o = 0, err_ht = 0;      // kernel vs double reference
   double float_o = 0, float_ht = 0;  // float reference vs double reference (calibration)
+  double model_o = 0, model_ht = 0;  // tensor-core model vs double reference (tensor-core calibration)
   double tol_o = 0, tol_ht = 0;
   std::string describe() const {
     return "err(o) = " + std::to_string(err_o) + " (tol " + std::to_string(tol_o) + ", float ref " +
-           std::to_string(float_o) + "), err(ht) = " + std::to_string(err_ht) + " (tol " + std::to_string(tol_ht) +
-           ", float ref " + std::to_string(float_ht) + ")";
+           std::to_string(float_o) + ", tc model " + std::to_string(model_o) + "), err(ht) = " + std::to_string(err_ht) +
+           " (tol " + std::to_string(tol_ht) + ", float ref " + std::to_string(float_ht) + ", tc model " +
+           std::to_string(model_ht) + ")";
   }
   bool passes() const { return err_o <= tol_o && err_ht <= tol_ht; }
 };
@@ -258,6 +270,13 @@ inline Comparison calibrate(const gdr2::Batch<double>& rounded, const gdr2::Batc
   }
   c.tol_o = unit_roundoff(t) + 10 * c.float_o;
   c.tol_ht = std::max(1e-7, 10 * c.float_ht);
+  if (kernel == Kernel::chunk_fast && uses_tensor_cores(t, rounded.K)) {
+    const auto model = tensor_core_model(rounded);
+    c.model_o = relative_error(model.o, ref.o);
+    c.model_ht = relative_error(model.ht, ref.ht);
+    c.tol_o += 3 * c.model_o;
+    c.tol_ht = std::max(c.tol_ht, 3 * c.model_ht);
+  }
   return c;
 }
 

@@ -1,0 +1,639 @@
+// Chunkwise WY forward on tensor cores (Mode::fast): spec section 5, Eq. 18-25, chunk C = 64.
+//
+// Every matrix product runs on bf16 tensor-core operands with fp32 accumulation (WMMA m16n16k16, i.e.
+// mma.sync on sm_80+); gates, cumulative decays, the triangular solve and the state S stay fp32.
+// Two kernels with a bf16 workspace between them (allocated stream-ordered per call):
+//   1. tc_prepare_kernel, one block per (chunk, key head), every chunk in parallel, d tiles of 32 channels:
+//        G = cumsum(g) (fp32), the scores Aqk (Eq. 24) and T (Eq. 19): off-diagonal 16 x 16 blocks on
+//        tensor cores from rows prescaled by the two factors exp(G_r - G_i0) and exp(G_i0 - G_s), both <= 1
+//        (i0 = first row of r's 16-row block, s < i0 <= r), diagonal blocks in FFMA with the exact decay
+//        exp(G_r - G_s), s <= r; A = (I + T)^{-1} by forward substitution (fp32); Y = A Ebar and U = A Z on
+//        tensor cores; Qgamma, Ktail (Eq. 24-25) and gamma_C elementwise. exp(-G) alone and exp of a
+//        positive argument are never formed, so any decay (g = -50 per token) underflows, never overflows.
+//        The scale is folded into Aqk and Qgamma.
+//   2. tc_state_kernel, one block per (V tile, value head, sequence), chunks in order, S in shared memory
+//        (fp32 master + bf16 operand copy): R = U - Y S_0 (Eq. 23), O = Qgamma S_0 + Aqk R (Eq. 24),
+//        S_C = Diag(gamma_C) S_0 + Ktail^T R (Eq. 25), the next chunk's workspace tiles loaded with cp.async
+//        while the current one computes.
+// Workspace (bf16 unless noted), K and V padded to KP, VP = multiples of 16: Aqk [BT, H, 64],
+// Y, Qgamma, Ktail [BT, H, KP], U [BT, HV, VP], gamma_C fp32 [chunks, H, KP]; at B=4, T=4096, H=HV=16,
+// K=V=128 that is ~0.3 GB (the fp32 path: ~0.74 GB).
+// Precision: each product operand is rounded to bf16 (unit roundoff 2^-9) once, accumulations are fp32.
+// Eligible: bf16 / f16 inputs with K <= 128 (chunk_forward falls back to the fp32 kernels otherwise).
+#include <mma.h>
+#include <cuda_pipeline.h>
+
+#include <cstdlib>
+
+#include "chunk_forward_tc.cuh"
+
+namespace gdr2::cuda::detail {
+namespace {
+namespace wmma = nvcuda::wmma;
+using bf16 = __nv_bfloat16;
+
+constexpr int kC = 64;           // chunk
+constexpr int kThreads = 256;    // 8 warps
+constexpr int kWarps = kThreads / 32;
+constexpr int kKMax = 128;       // largest K of the tensor-core path
+constexpr int kDT = 32;          // prepare: channels per d tile
+constexpr int kDS = kDT + 1;     // fp32 d-tile row stride (no bank conflicts)
+constexpr int kDB = kDT + 8;     // bf16 operand row stride (WMMA ldm: multiple of 8 bf16)
+constexpr int kEB = kKMax + 8;   // row stride of a 64 x K bf16 tile (Ebar; the state kernel's X)
+constexpr int kSS = kC + 4;      // row stride of the fp32 64 x 64 matrices (Aqk, T, A)
+constexpr int kAB = kC + 8;      // row stride of bf16 64 x 64 matrices (A, Aqk)
+constexpr int kZT = 64;          // U: value columns per tile
+constexpr int kZB = kZT + 8;
+constexpr int kStage = 20;       // per-warp 16 x 16 fp32 staging tile, row stride
+
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// 2^x in one MUFU instruction (relative error ~2^-22; 2^-inf = 0). The prepare kernel keeps G in units of
+// log2(e) (G2 = G log2 e), so exp(G_r - G_s) = exp2(G2_r - G2_s).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+constexpr float kLog2e = 1.4426950408889634f;
+
+__host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+struct Slot {
+  int n;            // sequence
+  std::int64_t t0;  // first token (flattened B*T axis)
+  int len;          // tokens in the chunk, 1..64; 0 = no chunk for this slot
+};
+
+// Slot -> (sequence, chunk); slots are numbered sequence by sequence (slot = chunks before n + chunk).
+__device__ Slot find_slot(const std::int32_t* cu_seqlens, int N, int T, int slot) {
+  if (cu_seqlens == nullptr) {
+    const int per_seq = (T + kC - 1) / kC;
+    const int n = slot / per_seq, c = slot % per_seq;
+    return {n, static_cast<std::int64_t>(n) * T + static_cast<std::int64_t>(c) * kC, min(kC, T - c * kC)};
+  }
+  int first = 0;
+  for (int n = 0; n < N; ++n) {
+    const int bos = cu_seqlens[n], eos = cu_seqlens[n + 1];
+    const int chunks = (eos - bos + kC - 1) / kC;
+    if (slot < first + chunks) {
+      const int c = slot - first;
+      return {n, bos + static_cast<std::int64_t>(c) * kC, min(kC, eos - bos - c * kC)};
+    }
+    first += chunks;
+  }
+  return {0, 0, 0};
+}
+
+// Stores a 16 x 16 fp32 tile (staged in shared memory, row stride kStage) as bf16 rows of global memory:
+// row i goes to dst(i) unless i >= rows; each lane writes 8 consecutive values (one 16-byte store).
+template <class RowPtr>
+__device__ __forceinline__ void store_tile_bf16(const float* stage, int rows, RowPtr dst, int lane) {
+  const int i = lane >> 1, j0 = (lane & 1) * 8;
+  if (i >= rows) return;
+  alignas(16) bf16 packed[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) packed[j] = __float2bfloat16_rn(stage[i * kStage + j0 + j]);
+  *reinterpret_cast<uint4*>(dst(i) + j0) = *reinterpret_cast<const uint4*>(packed);
+}
+
+// ---- shared-memory layout of the prepare kernel (bytes) ----------------------------------------------
+// d-tile phase: G, q, k, e (fp32 64 x 33 each) and the prescaled bf16 operands Qs, Es (rows 16..63) and
+// Ks_I (rows s < 16 I, I = 1, 2, 3, stacked at row offsets 0, 16, 48). After the d loop the same region
+// holds Aqk then A (fp32), T then A in bf16, the Z tile and the per-warp staging tiles.
+constexpr int kTileF32 = kC * kDS * 4;                        // 8448
+constexpr int kOffQs = 4 * kTileF32;                          // 33792
+constexpr int kOffEs = kOffQs + 48 * kDB * 2;                 // +3840
+constexpr int kOffKs = kOffEs + 48 * kDB * 2;                 // +3840
+constexpr int kRegion1 = kOffKs + 96 * kDB * 2;               // 49152
+constexpr int kOffAqk = 0;                                    // fp32 [64][68], later A fp32, later Z bf16
+constexpr int kOffT = kC * kSS * 4;                           // fp32 [64][68], later A bf16 [64][72]
+constexpr int kOffStage = 2 * kC * kSS * 4;                   // 8 x fp32 [16][20]
+static_assert(kOffStage + kWarps * 16 * kStage * 4 <= kRegion1, "post-loop buffers must fit the d-tile region");
+static_assert(kC * kZB * 2 <= kOffT, "the Z tile must fit where Aqk / A was");
+constexpr int kOffEbar = kRegion1;                            // bf16 [64][136], persistent
+constexpr std::size_t kPrepareShared = kOffEbar + kC * kEB * 2;  // 66560
+
+__device__ __forceinline__ int chunk_length(std::int64_t t0, std::int64_t eos) {
+  return eos - t0 < kC ? static_cast<int>(eos - t0) : kC;
+}
+
+__device__ __forceinline__ int ks_row_offset(int I) { return 8 * I * (I - 1); }  // I = 1, 2, 3 -> 0, 16, 48
+
+template <class T>
+__global__ void __launch_bounds__(kThreads, 3)
+tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                  const float* __restrict__ g, const T* __restrict__ b, const T* __restrict__ w,
+                  const std::int32_t* __restrict__ cu_seqlens, int N, int T_, int H, int HV, int K, int V,
+                  int KP, int VP, float scale, bf16* __restrict__ ws_aqk, bf16* __restrict__ ws_y,
+                  bf16* __restrict__ ws_u, bf16* __restrict__ ws_qg, bf16* __restrict__ ws_ktail,
+                  float* __restrict__ ws_gamma_c) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* tG = reinterpret_cast<float*>(smem);
+  float* tq = tG + kC * kDS;
+  float* tk = tq + kC * kDS;
+  float* te = tk + kC * kDS;  // e = b * k
+  bf16* Qs = reinterpret_cast<bf16*>(smem + kOffQs);  // row r - 16: q_r exp(G_r - G_i0(r))
+  bf16* Es = reinterpret_cast<bf16*>(smem + kOffEs);  // row r - 16: e_r exp(G_r - G_i0(r))
+  bf16* Ks = reinterpret_cast<bf16*>(smem + kOffKs);  // row ks_row_offset(I) + s: k_s exp(G_16I - G_s)
+  float* sAqk = reinterpret_cast<float*>(smem + kOffAqk);
+  float* sA = sAqk;  // A = (I + T)^{-1}, fp32, once Aqk is stored
+  float* sT = reinterpret_cast<float*>(smem + kOffT);
+  bf16* sAb = reinterpret_cast<bf16*>(smem + kOffT);   // A in bf16, once T is dead
+  bf16* sZ = reinterpret_cast<bf16*>(smem + kOffAqk);  // Z = W * V tile, once A (fp32) is dead
+  float* stage = reinterpret_cast<float*>(smem + kOffStage);
+  bf16* sEbar = reinterpret_cast<bf16*>(smem + kOffEbar);
+
+  __shared__ Slot slot_shared;
+  if (threadIdx.x == 0) slot_shared = find_slot(cu_seqlens, N, T_, blockIdx.x);
+  __syncthreads();
+  const Slot chunk = slot_shared;
+  if (chunk.len <= 0) return;
+  const int h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, len = chunk.len;
+  const std::int64_t slot = blockIdx.x;
+  auto key_row = [&](int r) { return (chunk.t0 + r) * H + h; };  // row of a [BT, H, .] tensor
+
+  // Off-diagonal 16 x 16 score blocks (I, J), J < I: warp w < 6 owns pair w (both Aqk and T).
+  // Pairs in order (1,0), (2,0), (2,1), (3,0), (3,1), (3,2): I = 1 + [w >= 1] + [w >= 3], J = w - I (I - 1) / 2.
+  const int pair_I = 1 + (warp >= 1) + (warp >= 3), pair_J = warp - pair_I * (pair_I - 1) / 2;
+  FragC acc_aqk, acc_t;
+  wmma::fill_fragment(acc_aqk, 0.0f);
+  wmma::fill_fragment(acc_t, 0.0f);
+  // Diagonal blocks in FFMA, only the 4 x 136 pairs s <= r: thread -> pairs p = tid + 256 m (m = 0, 1, 2),
+  // p = 136 I + i (i + 1) / 2 + j: rows r = 16 I + i, columns s = 16 I + j, j <= i.
+  constexpr int kPairsPerBlock = 16 * 17 / 2, kDiagPairs = 4 * kPairsPerBlock;
+  int diag_r[3], diag_s[3];
+  float diag_aqk[3] = {0, 0, 0}, diag_t[3] = {0, 0, 0};
+#pragma unroll
+  for (int m = 0; m < 3; ++m) {
+    const int p = min(tid + kThreads * m, kDiagPairs - 1), I = p / kPairsPerBlock, pq = p % kPairsPerBlock;
+    int i = 0;
+    while ((i + 1) * (i + 2) / 2 <= pq) ++i;
+    diag_r[m] = 16 * I + i;
+    diag_s[m] = 16 * I + pq - i * (i + 1) / 2;
+  }
+  const int diag_count = tid + 2 * kThreads < kDiagPairs ? 3 : 2;
+
+  for (int d0 = 0; d0 < KP; d0 += kDT) {
+    // Load the d tile (rows >= len and channels >= K are zeros; g = 0 there keeps G constant).
+    for (int i = tid; i < kC * kDT; i += kThreads) {
+      const int r = i / kDT, dd = i % kDT, d = d0 + dd;
+      const bool ok = r < len && d < K;
+      const std::int64_t at = ok ? key_row(r) * K + d : 0;
+      const float kv = ok ? to_float(k[at]) : 0.0f;
+      tG[r * kDS + dd] = ok ? g[at] : 0.0f;
+      tq[r * kDS + dd] = ok ? to_float(q[at]) : 0.0f;
+      tk[r * kDS + dd] = kv;
+      te[r * kDS + dd] = ok ? to_float(b[at]) * kv : 0.0f;
+    }
+    __syncthreads();
+    {  // Eq. 18: G_r = sum_{i<=r} g_i per channel (kept as G2 = G log2 e); 8 lanes per channel, shuffle scan.
+      const int c = tid >> 3, seg = tid & 7, r0 = seg * 8;
+      float prefix[8], acc = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) prefix[i] = (acc += tG[(r0 + i) * kDS + c]);
+      float offset = acc;
+#pragma unroll
+      for (int delta = 1; delta < 8; delta *= 2) {
+        const float other = __shfl_up_sync(0xffffffffu, offset, delta, 8);
+        if (seg >= delta) offset += other;
+      }
+      offset -= acc;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) tG[(r0 + i) * kDS + c] = (offset + prefix[i]) * kLog2e;  // G2 = G log2(e)
+    }
+    __syncthreads();
+    // Elementwise: outputs of Eq. 24-25 and the prescaled operands (every exp has a non-positive argument).
+    for (int i = tid; i < kC * kDT; i += kThreads) {
+      const int r = i / kDT, dd = i % kDT, d = d0 + dd, at = r * kDS + dd;
+      const float G = tG[at], G_last = tG[(len - 1) * kDS + dd];  // in units of log2(e)
+      const float gamma = fast_exp2(G);
+      if (d < KP) {
+        if (r < len) {
+          ws_qg[key_row(r) * KP + d] = __float2bfloat16_rn(scale * gamma * tq[at]);         // Eq. 24: scale gamma_r q_r
+          ws_ktail[key_row(r) * KP + d] = __float2bfloat16_rn(tk[at] * fast_exp2(G_last - G));  // Eq. 25: Ktail row r
+        }
+        sEbar[r * kEB + d] = __float2bfloat16_rn(gamma * te[at]);  // Ebar_r = gamma_r b_r k_r
+        if (r == 0) ws_gamma_c[(slot * H + h) * KP + d] = fast_exp2(G_last);  // gamma_C
+      }
+      if (r >= 16) {
+        const float own = fast_exp2(G - tG[(r & ~15) * kDS + dd]);
+        Qs[(r - 16) * kDB + dd] = __float2bfloat16_rn(tq[at] * own);
+        Es[(r - 16) * kDB + dd] = __float2bfloat16_rn(te[at] * own);
+      }
+#pragma unroll
+      for (int I = 1; I < 4; ++I)
+        if (r < 16 * I)
+          Ks[(ks_row_offset(I) + r) * kDB + dd] = __float2bfloat16_rn(tk[at] * fast_exp2(tG[16 * I * kDS + dd] - G));
+    }
+    __syncthreads();
+    // Off-diagonal blocks: (Aqk)_IJ += Qs_I Ks_{I,J}^T and T_IJ += Es_I Ks_{I,J}^T (exp(G_r - G_s) factorised).
+    if (warp < 6) {
+      const int I = pair_I, J = pair_J;
+#pragma unroll
+      for (int ks = 0; ks < kDT; ks += 16) {
+        FragA a_q, a_e;
+        FragBT b_k;
+        wmma::load_matrix_sync(a_q, Qs + 16 * (I - 1) * kDB + ks, kDB);
+        wmma::load_matrix_sync(a_e, Es + 16 * (I - 1) * kDB + ks, kDB);
+        wmma::load_matrix_sync(b_k, Ks + (ks_row_offset(I) + 16 * J) * kDB + ks, kDB);
+        wmma::mma_sync(acc_aqk, a_q, b_k, acc_aqk);
+        wmma::mma_sync(acc_t, a_e, b_k, acc_t);
+      }
+    }
+    // Diagonal blocks: exact decay exp(G_r - G_s), s <= r.
+#pragma unroll
+    for (int m = 0; m < 3; ++m) {
+      if (m < diag_count) {
+        const float* Gr = tG + diag_r[m] * kDS;
+        const float* Gs = tG + diag_s[m] * kDS;
+        const float* qr = tq + diag_r[m] * kDS;
+        const float* er = te + diag_r[m] * kDS;
+        const float* ks = tk + diag_s[m] * kDS;
+        float a = diag_aqk[m], t = diag_t[m];
+#pragma unroll 8
+        for (int dd = 0; dd < kDT; ++dd) {
+          const float decayed_key = ks[dd] * fast_exp2(Gr[dd] - Gs[dd]);
+          a = fmaf(qr[dd], decayed_key, a);
+          t = fmaf(er[dd], decayed_key, t);
+        }
+        diag_aqk[m] = a;
+        diag_t[m] = t;
+      }
+    }
+    __syncthreads();
+  }
+
+  // Assemble Aqk and T (64 x 64): off-diagonal blocks from the fragments, diagonal blocks from the FFMA
+  // accumulators, blocks above the diagonal zero.
+  if (warp < 6) {
+    const int I = pair_I, J = pair_J;
+    wmma::store_matrix_sync(sAqk + 16 * I * kSS + 16 * J, acc_aqk, kSS, wmma::mem_row_major);
+    wmma::store_matrix_sync(sT + 16 * I * kSS + 16 * J, acc_t, kSS, wmma::mem_row_major);
+  }
+  for (int i = tid; i < kC * kC; i += kThreads) {  // blocks above the diagonal, and s > r inside it
+    const int r = i / kC, c = i % kC;
+    if (c / 16 > r / 16 || (c / 16 == r / 16 && c > r)) sAqk[r * kSS + c] = sT[r * kSS + c] = 0.0f;
+  }
+#pragma unroll
+  for (int m = 0; m < 3; ++m)
+    if (m < diag_count) {
+      sAqk[diag_r[m] * kSS + diag_s[m]] = diag_aqk[m];
+      sT[diag_r[m] * kSS + diag_s[m]] = diag_t[m];
+    }
+  __syncthreads();
+  // Aqk (times scale, s <= r) to the workspace; T keeps s < r on rows < len (Eq. 19).
+  for (int i = tid; i < kC * kC; i += kThreads) {
+    const int r = i / kC, s = i % kC;
+    if (r < len) ws_aqk[key_row(r) * kC + s] = __float2bfloat16_rn(s <= r ? scale * sAqk[r * kSS + s] : 0.0f);
+    if (!(s < r && r < len)) sT[r * kSS + s] = 0.0f;
+  }
+  __syncthreads();
+  // Eq. 20: A = (I + T)^{-1} in fp32, by 16 x 16 blocks. Diagonal blocks A_II = (I + T_II)^{-1}: warp I,
+  // lane c < 16 solves column c by forward substitution in registers. Then, block row by block row,
+  // A_IJ = -A_II X_IJ with X_IJ = sum_{M=J}^{I-1} T_IM A_MJ (J < I).
+  float* sX = stage;  // X_IJ for the current block row, up to 3 blocks of 16 x 16
+  if (warp < 4) {
+    const int I = warp, c = lane & 15;
+    float col[16];
+#pragma unroll
+    for (int r = 0; r < 16; ++r) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int s = 0; s < r; ++s) sum = fmaf(sT[(16 * I + r) * kSS + 16 * I + s], col[s], sum);
+      col[r] = r == c ? 1.0f : (r < c ? 0.0f : -sum);
+    }
+    if (lane < 16) {
+#pragma unroll
+      for (int r = 0; r < 16; ++r) sA[(16 * I + r) * kSS + 16 * I + c] = col[r];
+    }
+  }
+  __syncthreads();
+  for (int I = 1; I < 4; ++I) {
+    for (int e = tid; e < I * 256; e += kThreads) {  // X_IJ[p][j], J = e / 256
+      const int J = e >> 8, p = (e >> 4) & 15, j = e & 15;
+      float x = 0.0f;
+      for (int q = 16 * J; q < 16 * I; ++q) x = fmaf(sT[(16 * I + p) * kSS + q], sA[q * kSS + 16 * J + j], x);
+      sX[e] = x;
+    }
+    __syncthreads();
+    for (int e = tid; e < I * 256; e += kThreads) {  // A_IJ[i][j] = -sum_{p<=i} A_II[i][p] X_IJ[p][j]
+      const int J = e >> 8, i = (e >> 4) & 15, j = e & 15;
+      float a = 0.0f;
+      for (int p = 0; p <= i; ++p) a = fmaf(sA[(16 * I + i) * kSS + 16 * I + p], sX[(J << 8) + p * 16 + j], a);
+      sA[(16 * I + i) * kSS + 16 * J + j] = -a;
+    }
+    __syncthreads();
+  }
+  for (int i = tid; i < kC * kC; i += kThreads) {
+    const int r = i / kC, c = i % kC;
+    sAb[r * kAB + c] = __float2bfloat16_rn(c / 16 > r / 16 ? 0.0f : sA[r * kSS + c]);
+  }
+  __syncthreads();
+
+  // Y = A Ebar (Eq. 21), A lower triangular: row block rb needs column blocks kb <= rb.
+  float* my_stage = stage + warp * 16 * kStage;
+  const int nk = KP / 16;
+  for (int t = warp; t < 4 * nk; t += kWarps) {
+    const int rb = t / nk, cb = t % nk;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kb = 0; kb <= rb; ++kb) {
+      FragA a;
+      FragB e;
+      wmma::load_matrix_sync(a, sAb + 16 * rb * kAB + 16 * kb, kAB);
+      wmma::load_matrix_sync(e, sEbar + 16 * kb * kEB + 16 * cb, kEB);
+      wmma::mma_sync(acc, a, e, acc);
+    }
+    wmma::store_matrix_sync(my_stage, acc, kStage, wmma::mem_row_major);
+    __syncwarp();
+    store_tile_bf16(my_stage, len - 16 * rb, [&](int i) { return ws_y + key_row(16 * rb + i) * KP + 16 * cb; }, lane);
+    __syncwarp();
+  }
+
+  // U = A Z (Eq. 22), Z = W * V, for every value head of the key head's group, 64 value columns at a time.
+  const int group = HV / H;
+  for (int hv = h * group; hv < (h + 1) * group; ++hv) {
+    for (int c0 = 0; c0 < VP; c0 += kZT) {
+      __syncthreads();  // the previous Z tile is consumed (and A fp32, which Z overwrites, is dead)
+      for (int i = tid; i < kC * kZT; i += kThreads) {
+        const int r = i / kZT, cc = i % kZT, c = c0 + cc;
+        const bool ok = r < len && c < V;
+        const std::int64_t at = ok ? ((chunk.t0 + r) * HV + hv) * V + c : 0;
+        sZ[r * kZB + cc] = __float2bfloat16_rn(ok ? to_float(w[at]) * to_float(v[at]) : 0.0f);
+      }
+      __syncthreads();
+      const int nz = min(kZT, VP - c0) / 16;
+      for (int t = warp; t < 4 * nz; t += kWarps) {
+        const int rb = t / nz, cb = t % nz;
+        FragC acc;
+        wmma::fill_fragment(acc, 0.0f);
+        for (int kb = 0; kb <= rb; ++kb) {
+          FragA a;
+          FragB z;
+          wmma::load_matrix_sync(a, sAb + 16 * rb * kAB + 16 * kb, kAB);
+          wmma::load_matrix_sync(z, sZ + 16 * kb * kZB + 16 * cb, kZB);
+          wmma::mma_sync(acc, a, z, acc);
+        }
+        wmma::store_matrix_sync(my_stage, acc, kStage, wmma::mem_row_major);
+        __syncwarp();
+        store_tile_bf16(my_stage, len - 16 * rb,
+                        [&](int i) { return ws_u + ((chunk.t0 + 16 * rb + i) * HV + hv) * VP + c0 + 16 * cb; }, lane);
+        __syncwarp();
+      }
+    }
+  }
+}
+
+// ---- state kernel --------------------------------------------------------------------------------------
+template <int VT>
+struct StateLayout {  // byte offsets in dynamic shared memory (every buffer 128-byte aligned)
+  static constexpr int SF = VT + 4;  // fp32 row stride
+  static constexpr int SB = VT + 8;  // bf16 row stride
+  static constexpr int s32 = 0;                                  // S fp32 [128][SF]
+  static constexpr int sb = s32 + round_up(kKMax * SF * 4, 128); // S bf16 [128][SB]
+  static constexpr int x0 = sb + round_up(kKMax * SB * 2, 128);  // key tiles bf16 [64][136] x 2
+  static constexpr int x1 = x0 + round_up(kC * kEB * 2, 128);
+  static constexpr int aq = x1 + round_up(kC * kEB * 2, 128);    // Aqk bf16 [64][72]
+  static constexpr int u = aq + round_up(kC * kAB * 2, 128);     // U bf16 [64][SB]
+  static constexpr int gam = u + round_up(kC * SB * 2, 128);     // gamma_C fp32 [2][128]
+  static constexpr int r32 = gam + 2 * kKMax * 4;                // R (then O) fp32 [64][SF]
+  static constexpr int rb = r32 + round_up(kC * SF * 4, 128);    // R bf16 [64][SB]
+  static constexpr int bytes = rb + round_up(kC * SB * 2, 128);
+};
+
+// Issues cp.async copies of a 64-row bf16 tile: row r < rows_ok from src + r * src_ld, `Pieces` 16-byte
+// pieces per row, piece p valid when p < valid_pieces; everything else is zero-filled.
+template <int Pieces>
+__device__ __forceinline__ void async_rows(bf16* dst, int ld, const bf16* src, std::int64_t src_ld, int rows_ok,
+                                           int valid_pieces, int tid) {
+#pragma unroll
+  for (int i = tid; i < kC * Pieces; i += kThreads) {
+    const int r = i / Pieces, p = i % Pieces;
+    const bool ok = r < rows_ok && p < valid_pieces;
+    __pipeline_memcpy_async(dst + r * ld + 8 * p, ok ? src + r * src_ld + 8 * p : src, 16, ok ? 0 : 16);
+  }
+}
+
+template <class T, int VT>
+__global__ void __launch_bounds__(kThreads, 1)
+tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_t* __restrict__ cu_seqlens, int T_,
+                int H, int HV, int K, int V, int KP, int VP, const bf16* __restrict__ ws_aqk,
+                const bf16* __restrict__ ws_y, const bf16* __restrict__ ws_u, const bf16* __restrict__ ws_qg,
+                const bf16* __restrict__ ws_ktail, const float* __restrict__ ws_gamma_c) {
+  using L = StateLayout<VT>;
+  constexpr int SF = L::SF, SB = L::SB, nv = VT / 16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* S32 = reinterpret_cast<float*>(smem + L::s32);
+  bf16* Sb = reinterpret_cast<bf16*>(smem + L::sb);
+  bf16* X[2] = {reinterpret_cast<bf16*>(smem + L::x0), reinterpret_cast<bf16*>(smem + L::x1)};
+  bf16* Aq = reinterpret_cast<bf16*>(smem + L::aq);
+  bf16* Ub = reinterpret_cast<bf16*>(smem + L::u);
+  float* gam = reinterpret_cast<float*>(smem + L::gam);
+  float* R32 = reinterpret_cast<float*>(smem + L::r32);
+  bf16* Rb = reinterpret_cast<bf16*>(smem + L::rb);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int c0 = blockIdx.x * VT, hv = blockIdx.y, n = blockIdx.z, h = hv / (HV / H);
+  const int nk = KP / 16, key_pieces = KP / 8, u_valid = max(0, min(VT, VP - c0)) / 8;
+  const SeqRange seq = sequence_range(cu_seqlens, n, T_);
+  __shared__ std::int64_t slot_base_shared;
+  if (tid == 0) {  // chunk slots before sequence n (the prepare kernel's numbering of gamma_C)
+    std::int64_t base = 0;
+    if (cu_seqlens == nullptr) base = static_cast<std::int64_t>(n) * ((T_ + kC - 1) / kC);
+    else for (int m = 0; m < n; ++m) base += (cu_seqlens[m + 1] - cu_seqlens[m] + kC - 1) / kC;
+    slot_base_shared = base;
+  }
+  const std::size_t state_base = (static_cast<std::size_t>(n) * HV + hv) * K * V;
+
+  auto key_src = [&](const bf16* ws, std::int64_t t0) { return ws + (t0 * H + h) * static_cast<std::int64_t>(KP); };
+  auto issue_chunk_inputs = [&](std::int64_t t0, int len, int buf, int ci, std::int64_t slot) {
+    async_rows<kKMax / 8>(X[buf], kEB, key_src(ws_y, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
+    async_rows<kC / 8>(Aq, kAB, ws_aqk + (t0 * H + h) * kC, static_cast<std::int64_t>(H) * kC, len, kC / 8, tid);
+    async_rows<VT / 8>(Ub, SB, ws_u + (t0 * HV + hv) * static_cast<std::int64_t>(VP) + c0,
+                       static_cast<std::int64_t>(HV) * VP, len, u_valid, tid);
+    for (int i = tid; i < KP / 4; i += kThreads)
+      __pipeline_memcpy_async(gam + (ci & 1) * kKMax + 4 * i, ws_gamma_c + (slot * H + h) * KP + 4 * i, 16);
+    __pipeline_commit();
+  };
+
+  // S_0 = h0 (zeros without h0; padded rows and columns zero).
+  for (int i = tid; i < KP * VT; i += kThreads) {
+    const int d = i / VT, c = i % VT;
+    const float s = (h0 != nullptr && d < K && c0 + c < V) ? h0[state_base + static_cast<std::size_t>(d) * V + c0 + c] : 0.0f;
+    S32[d * SF + c] = s;
+    Sb[d * SB + c] = __float2bfloat16_rn(s);
+  }
+  __syncthreads();
+  const std::int64_t slot_base = slot_base_shared;
+  if (seq.bos < seq.eos) issue_chunk_inputs(seq.bos, chunk_length(seq.bos, seq.eos), 0, 0, slot_base);
+
+  int ci = 0;
+  for (std::int64_t t0 = seq.bos; t0 < seq.eos; t0 += kC, ++ci) {
+    const int len = chunk_length(t0, seq.eos);
+    bf16* Xy = X[ci & 1];        // Y, later Ktail
+    bf16* Xq = X[(ci & 1) ^ 1];  // Qgamma, later the next chunk's Y
+    __pipeline_wait_prior(0);
+    __syncthreads();  // Y, Aqk, U, gamma_C of this chunk are in shared memory
+    async_rows<kKMax / 8>(Xq, kEB, key_src(ws_qg, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
+    __pipeline_commit();
+
+    // Eq. 23: R = U - Y S_0 (rows >= len are zero: Y and U were zero-filled there).
+    for (int t = warp; t < 4 * nv; t += kWarps) {
+      const int rb = t / nv, cb = t % nv;
+      FragC acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int kb = 0; kb < nk; ++kb) {
+        FragA a;
+        FragB s;
+        wmma::load_matrix_sync(a, Xy + 16 * rb * kEB + 16 * kb, kEB);
+        wmma::load_matrix_sync(s, Sb + 16 * kb * SB + 16 * cb, SB);
+        wmma::mma_sync(acc, a, s, acc);
+      }
+      float* tile = R32 + 16 * rb * SF + 16 * cb;
+      wmma::store_matrix_sync(tile, acc, SF, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int i = e >> 4, j = e & 15, at = (16 * rb + i) * SB + 16 * cb + j;
+        Rb[at] = __float2bfloat16_rn(__bfloat162float(Ub[at]) - tile[i * SF + j]);
+      }
+      __syncwarp();
+    }
+    __pipeline_wait_prior(0);
+    __syncthreads();  // R complete, Qgamma in shared memory, Y dead
+    async_rows<kKMax / 8>(Xy, kEB, key_src(ws_ktail, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
+    __pipeline_commit();
+
+    // Eq. 24: O = Qgamma S_0 + Aqk R (scale folded into both), staged in R32.
+    for (int t = warp; t < 4 * nv; t += kWarps) {
+      const int rb = t / nv, cb = t % nv;
+      FragC acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int kb = 0; kb < nk; ++kb) {
+        FragA a;
+        FragB s;
+        wmma::load_matrix_sync(a, Xq + 16 * rb * kEB + 16 * kb, kEB);
+        wmma::load_matrix_sync(s, Sb + 16 * kb * SB + 16 * cb, SB);
+        wmma::mma_sync(acc, a, s, acc);
+      }
+      for (int kb = 0; kb <= rb; ++kb) {  // Aqk is lower triangular
+        FragA a;
+        FragB r;
+        wmma::load_matrix_sync(a, Aq + 16 * rb * kAB + 16 * kb, kAB);
+        wmma::load_matrix_sync(r, Rb + 16 * kb * SB + 16 * cb, SB);
+        wmma::mma_sync(acc, a, r, acc);
+      }
+      float* tile = R32 + 16 * rb * SF + 16 * cb;
+      wmma::store_matrix_sync(tile, acc, SF, wmma::mem_row_major);
+      __syncwarp();
+      // Lane -> row i = lane / 2, 8 columns: one 16-byte store when the 8 lie inside V and V % 8 == 0.
+      const int i = lane >> 1, j0 = (lane & 1) * 8, r = 16 * rb + i, c = c0 + 16 * cb + j0;
+      if (r < len) {
+        T* dst = o + ((t0 + r) * HV + hv) * static_cast<std::int64_t>(V) + c;
+        if (sizeof(T) == 2 && V % 8 == 0 && c + 8 <= V) {
+          alignas(16) T packed[8];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) packed[j] = from_float<T>(tile[i * SF + j0 + j]);
+          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(packed);
+        } else {
+          for (int j = 0; j < 8 && c + j < V; ++j) dst[j] = from_float<T>(tile[i * SF + j0 + j]);
+        }
+      }
+    }
+    __pipeline_wait_prior(0);
+    __syncthreads();  // Ktail in shared memory; Qgamma, Aqk, U dead; S_0 no longer read
+    if (t0 + kC < seq.eos)
+      issue_chunk_inputs(t0 + kC, chunk_length(t0 + kC, seq.eos), (ci & 1) ^ 1, ci + 1,
+                         slot_base + ci + 1);
+
+    // Eq. 25: S_C = Diag(gamma_C) S_0 + Ktail^T R; each warp updates its own 16 x 16 tiles in place.
+    const float* gamma_c = gam + (ci & 1) * kKMax;
+    for (int t = warp; t < nk * nv; t += kWarps) {
+      const int db = t / nv, cb = t % nv;
+      float* tile = S32 + 16 * db * SF + 16 * cb;
+      for (int e = lane; e < 256; e += 32) tile[(e >> 4) * SF + (e & 15)] *= gamma_c[16 * db + (e >> 4)];
+      __syncwarp();
+      FragC acc;
+      wmma::load_matrix_sync(acc, tile, SF, wmma::mem_row_major);
+      for (int kb = 0; kb < kC / 16; ++kb) {
+        FragAT a;  // Ktail^T: element (d, s) = Ktail[s][d]
+        FragB r;
+        wmma::load_matrix_sync(a, Xy + 16 * kb * kEB + 16 * db, kEB);
+        wmma::load_matrix_sync(r, Rb + 16 * kb * SB + 16 * cb, SB);
+        wmma::mma_sync(acc, a, r, acc);
+      }
+      wmma::store_matrix_sync(tile, acc, SF, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int i = e >> 4, j = e & 15;
+        Sb[(16 * db + i) * SB + 16 * cb + j] = __float2bfloat16_rn(tile[i * SF + j]);
+      }
+    }
+  }
+  __pipeline_wait_prior(0);
+  __syncthreads();
+  if (ht != nullptr) {
+    for (int i = tid; i < K * VT; i += kThreads) {
+      const int d = i / VT, c = i % VT;
+      if (c0 + c < V) ht[state_base + static_cast<std::size_t>(d) * V + c0 + c] = S32[d * SF + c];
+    }
+  }
+}
+
+template <class T, int VT>
+void launch_tc_state(const Problem& p, const ForwardTensors& x, int N, int KP, int VP, const bf16* const* ws,
+                     const float* ws_gamma_c, cudaStream_t stream, const char* who) {
+  constexpr int bytes = StateLayout<VT>::bytes;
+  auto kernel = tc_state_kernel<T, VT>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), who,
+        "cudaFuncSetAttribute(tc_state_kernel, max dynamic shared memory)");
+  const dim3 grid((p.V + VT - 1) / VT, p.HV, N);
+  kernel<<<grid, kThreads, bytes, stream>>>(x.h0, static_cast<T*>(x.o), x.ht, p.cu_seqlens, p.T, p.H, p.HV, p.K, p.V,
+                                            KP, VP, ws[0], ws[1], ws[2], ws[3], ws[4], ws_gamma_c);
+  check_launch(who, "tc_state_kernel");
+}
+
+}  // namespace
+
+bool tensor_core_forward_eligible(const Problem& p) { return p.dtype != DType::f32 && p.K <= kKMax; }
+
+void chunk_forward_tensor_core(const Problem& p, const ForwardTensors& x, const Validated& checked, int state_vt,
+                               cudaStream_t stream, const char* who) {
+  const int KP = round_up(p.K, 16), VP = round_up(p.V, 16);
+  const std::int64_t tokens = static_cast<std::int64_t>(p.B) * p.T;
+  const int slots = p.cu_seqlens ? (p.T + kC - 1) / kC + checked.N : checked.N * ((p.T + kC - 1) / kC);
+  const std::size_t aqk = static_cast<std::size_t>(tokens) * p.H * kC;
+  const std::size_t key = static_cast<std::size_t>(tokens) * p.H * KP;
+  const std::size_t val = static_cast<std::size_t>(tokens) * p.HV * VP;
+  const std::size_t gam = static_cast<std::size_t>(slots) * p.H * KP;
+  // Every part is a multiple of 16 bytes (KP, VP are multiples of 16), so each stays 16-byte aligned.
+  StreamBuffer workspace((aqk + 3 * key + val) * sizeof(bf16) + gam * sizeof(float), stream, who);
+  bf16* ws_aqk = workspace.as<bf16>();
+  bf16* ws_y = ws_aqk + aqk;
+  bf16* ws_qg = ws_y + key;
+  bf16* ws_ktail = ws_qg + key;
+  bf16* ws_u = ws_ktail + key;
+  float* ws_gamma_c = reinterpret_cast<float*>(ws_u + val);
+  const bf16* ws[5] = {ws_aqk, ws_y, ws_u, ws_qg, ws_ktail};
+
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto prepare = tc_prepare_kernel<T>;
+    check(cudaFuncSetAttribute(prepare, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kPrepareShared)),
+          who, "cudaFuncSetAttribute(tc_prepare_kernel, max dynamic shared memory)");
+    prepare<<<dim3(slots, p.H), kThreads, kPrepareShared, stream>>>(
+        static_cast<const T*>(x.q), static_cast<const T*>(x.k), static_cast<const T*>(x.v), x.g,
+        static_cast<const T*>(x.b), static_cast<const T*>(x.w), p.cu_seqlens, checked.N, p.T, p.H, p.HV, p.K, p.V,
+        KP, VP, checked.scale, ws_aqk, ws_y, ws_u, ws_qg, ws_ktail, ws_gamma_c);
+    check_launch(who, "tc_prepare_kernel");
+    if (state_vt == 64) launch_tc_state<T, 64>(p, x, checked.N, KP, VP, ws, ws_gamma_c, stream, who);
+    else if (state_vt == 32) launch_tc_state<T, 32>(p, x, checked.N, KP, VP, ws, ws_gamma_c, stream, who);
+    else launch_tc_state<T, 16>(p, x, checked.N, KP, VP, ws, ws_gamma_c, stream, who);
+  });
+}
+
+}  // namespace gdr2::cuda::detail
