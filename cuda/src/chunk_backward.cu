@@ -24,8 +24,8 @@
 //               The prep store could be dropped by recomputing it in B and C too, at 2x their work.
 //   accumulators  dq, dk, db in fp32 [B*T, H, K] (the outputs themselves when dtype is f32); dg is fp32.
 //
-// Modes: `accurate` and `fast` currently run the same fp32 FFMA program (a bf16 tensor-core fast path is
-// not written); both meet the accurate mode's error bound.
+// Modes: `accurate` and `fast` run the same fp32 FFMA program (the tensor-core path exists only in the
+// forward, chunk_forward_tc.cu); both meet the accurate mode's error bound.
 //
 // The same block program runs on the host (chunk_backward_host_emulation, f32 only), which lets the
 // backward's mathematics be tested without a GPU; the GPU tests compare the device against the same oracle.
