@@ -523,21 +523,27 @@ __host__ __device__ void chunk_gradients(const Team& team, const Args<T>& a, std
   // Per (r, d): the gated score VJPs and everything elementwise.
   //   T_rs = sum_d e_r k_s exp(G_r - G_s):    de_r += sum_{s<r} dT_rs k_s x_rs =: P,
   //                                             dk_s += sum_{r>s} dT_rs e_r x_rs =: Q,  dG_r += e_r P, dG_s -= k_s Q
-  //   Aqk_rs = sum_d q_r k_s exp(G_r - G_s):  dq_r += sum_{s<=r} dAqk_rs k_s x_rs =: Pq,
-  //                                             dk_s += sum_{r>=s} dAqk_rs q_r x_rs =: Qk, dG_r += q_r Pq, dG_s -= k_s Qk
+  //   Aqk_rs = sum_d q_r k_s exp(G_r - G_s):  dq_r += sum_{s<r} dAqk_rs k_s x_rs =: Pq,   plus dAqk_rr k_r,
+  //                                             dk_s += sum_{r>s} dAqk_rs q_r x_rs =: Qk,   plus dAqk_ss q_s,
+  //                                             dG_r += q_r Pq, dG_s -= k_s Qk. The diagonal pair r = s (x_rr = 1)
+  //                                             gives dG_r += q_r dAqk_rr k_r and dG_r -= k_r dAqk_rr q_r: it cancels
+  //                                             exactly and is left out of dG (rounded inside Pq and Qk, two
+  //                                             separate fp32 sums, it would not cancel; in the last row it is
+  //                                             typically the largest term after the Ktail pair).
   //   Ebar = gamma e:  de += gamma dEbar, dG += gamma e dEbar;   Qgamma = gamma q: dq += gamma X, dG += gamma q X
-  //   Ktail_r = exp(G_last - G_r) k_r:  dk_r += x_tail dKt, dG_r -= x_tail k_r dKt (dG_last gains the sum)
+  //   Ktail_r = exp(G_last - G_r) k_r:  dk_r += x_tail dKt; dG_r -= Ktail_r dKt, dG_last += Ktail_r dKt
+  //                                     (spec: dgamma_C += sum_r dKtail_r * Kbar_r), both in the cumulative sum below
   //   e = b * k:  db = de * k, dk += de * b.
   for (int i = me; i < nr * K; i += all) {
     const int r = i / K, d = i % K;
     const double Gr = s.G[i];
     float P = 0.f, Pq = 0.f, Q = 0.f, Qk = 0.f;
-    for (int c = 0; c <= r; ++c) {
+    for (int c = 0; c < r; ++c) {
       const float decayed_key = s.Kc[c * K + d] * exp32(Gr - s.G[c * K + d]);
-      P += s.Tm[r * C + c] * decayed_key;  // Tm (dT) is zero on the diagonal
+      P += s.Tm[r * C + c] * decayed_key;
       Pq += s.dAqk[r * C + c] * decayed_key;
     }
-    for (int r2 = r; r2 < nr; ++r2) {
+    for (int r2 = r + 1; r2 < nr; ++r2) {
       const float x = exp32(s.G[r2 * K + d] - Gr);
       Q += s.Tm[r2 * C + r] * s.Ec[r2 * K + d] * x;
       Qk += s.dAqk[r2 * C + r] * s.Qc[r2 * K + d] * x;
@@ -546,24 +552,33 @@ __host__ __device__ void chunk_gradients(const Team& team, const Args<T>& a, std
     const float b = load(a.b + key(r, d));
     const float tail = exp32(s.G[last * K + d] - Gr);
     const float de = gamma * s.dEbar[i] + P;
-    const float dq = Pq + gamma * s.X[i];
-    const float dk = Q + Qk + tail * s.dKt[i] + de * b;
-    // dG_r: seven terms that largely cancel (their sum is far smaller than each), combined in double.
+    const float diag = s.dAqk[r * C + r];
+    const float dq = (Pq + diag * k) + gamma * s.X[i];
+    const float dk = Q + (Qk + diag * q) + tail * s.dKt[i] + de * b;
+    // dG_r: six terms that largely cancel (their sum is far smaller than each), combined in double.
     s.dGrow[i] = static_cast<float>(double(gamma * e) * s.dEbar[i] + double(e) * P - double(k) * Q + double(q) * Pq -
-                                    double(k) * Qk + double(gamma * q) * s.X[i] - double(tail * k) * s.dKt[i]);
+                                    double(k) * Qk + double(gamma * q) * s.X[i]);
     accumulate(a.dq + key(r, d), dq);
     accumulate(a.dk + key(r, d), dk);
     accumulate(a.db + key(r, d), de * k);
   }
   team.sync();
-  // dg_i = sum_{r >= i} dG_r within the chunk (G restarts at every chunk); dG_last also collects
-  // the Ktail and Diag(gamma_last) terms.
+  // dg_i = sum_{r >= i} dG_r within the chunk (spec section 6; G restarts at every chunk), in double. dG_last
+  // also collects the Diag(gamma_last) term and the Ktail pairs (+Ktail_r dKt_r in row last, -Ktail_r dKt_r in
+  // row r): a pair reaches dg_i only when it straddles i (r < i <= last), so dg_i gains exactly
+  // sum_{r<i} Ktail_r dKt_r (`tail`). Both halves of a pair stay in double until they have cancelled: the pair
+  // (last, last) is k_last (R dS^T)_last, of the size of dS (O(1) for a random dht) while dg may be 1e-3 of
+  // that: rounded to fp32 inside dG_r before cancelling, it leaves an error of u |k_last (R dS^T)_last| in every
+  // dg_i of the chunk, a common shift that the scalar-decay sum sum_i dg_t[i] exposes (gdr2-verify collapse-gdn
+  // --grad failed at ratio 12.1 on an H100 so; test: ChunkBackwardEmulation.ScalarDecayGradientMeetsVerifyBound).
   for (int d = me; d < K; d += all) {
     double acc = s.dGlast[d];  // reverse cumulative sum in double (up to 64 cancelling terms)
-    for (int r = 0; r < nr; ++r) acc += double(s.Ktail[r * K + d]) * s.dKt[r * K + d];
+    double tail = 0;
+    for (int r = 0; r < nr; ++r) tail += double(s.Ktail[r * K + d]) * s.dKt[r * K + d];
     for (int r = last; r >= 0; --r) {
       acc += s.dGrow[r * K + d];
-      accumulate(a.dg + key(r, d), static_cast<float>(acc));
+      tail -= double(s.Ktail[r * K + d]) * s.dKt[r * K + d];  // now sum_{r' < r}
+      accumulate(a.dg + key(r, d), static_cast<float>(acc + tail));
     }
   }
   team.sync();
