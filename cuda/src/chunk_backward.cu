@@ -164,7 +164,7 @@ void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaS
   const std::int64_t chunk_items = offsets.back() * p.HV;
   // Value tile of the state phases: 32 columns, or 16 when that leaves most SMs idle (their items are the
   // only parallelism of the sequential part).
-  const int tile = std::min(p.V, N * p.HV * ((p.V + 31) / 32) >= sms ? 32 : 16);
+  const int tile = std::min(p.V, N * p.HV * ((p.V + bwd::kStateTile - 1) / bwd::kStateTile) >= sms ? bwd::kStateTile : 16);
   const int state_items = N * p.HV * ((p.V + tile - 1) / tile);
   // Chunk phases: up to 4 workers per SM (latency hiding), each with its own global scratch.
   const int workers = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(chunk_items, 4 * sms)));
@@ -272,7 +272,7 @@ void chunk_backward_host_emulation(const Problem& p, const BackwardTensors& x, c
     if (key_count) std::fill(z, z + key_count, 0.0f);
   const bwd::SerialTeam team;
   const std::int64_t chunk_items = offsets.back() * p.HV;
-  const int tile = std::min(p.V, 32);  // any tile gives the same arithmetic per column
+  const int tile = std::min(p.V, bwd::kStateTile);  // any tile gives the same arithmetic per column
   std::vector<float> local(bwd::state_local_floats(p.K, tile));
   for (std::int64_t item = 0; item < chunk_items; ++item) bwd::prepare_chunk(team, a, item / p.HV, static_cast<int>(item % p.HV));
   for (int n = 0; n < N; ++n)

@@ -290,59 +290,125 @@ __host__ __device__ void prepare_chunk(const Team& team, const Args<T>& a, std::
 }
 
 // Phases B and C keep their state tile and the chunk's operands in `local` (shared memory on the device,
-// scratch on the host): state_local_floats(K, W) floats. Within a warp every inner-loop read is either one
-// address (broadcast) or consecutive addresses.
+// scratch on the host): state_local_floats(K, W) floats, W <= kStateTile columns. Their matrix products are
+// register-tiled: a work item is one value column jj (a lane) and a group of rows of the output (8 chunk
+// rows or 16 key rows: a warp), and the operand that the group's rows share is read as 16-byte vectors at
+// one address for the whole warp (a broadcast), so that one shared-memory read feeds 4 FMAs instead of
+// half of one. Those operands are stored so that the group's rows are contiguous: transposed [K][kRowsT]
+// for Y and Ktail when the output rows are chunk rows, row-major [64][key_stride(K)] for Ktail, Y and
+// Qgamma when they are key rows. Each output element still adds its terms one by one in the order of the
+// unblocked product (r or d ascending), and rows past the chunk or past K are computed on zeros and dropped.
+constexpr int kStateTile = 32;      // columns of a state tile (a lane each)
+constexpr int kRowGroup = 8;        // chunk rows per work item (R, dR)
+constexpr int kKeyGroup = 16;       // key rows per work item (S, dS)
+constexpr int kRowsT = kChunk + 4;  // row stride of a transposed [K][64] tile: 16-byte rows
+
+__host__ __device__ inline int round4(int x) { return (x + 3) / 4 * 4; }
+
+// Loads 4 consecutive floats (16-byte aligned) as one vector on the device.
+__host__ __device__ inline void load4(const float* p, float* out) {
+#ifdef __CUDA_ARCH__
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+#else
+  for (int i = 0; i < 4; ++i) out[i] = p[i];
+#endif
+}
+
+// The layout of `local` (float offsets, each a multiple of 4 so that every region starts 16-byte aligned).
+struct StateLocal {
+  int KS, WS;  // row strides: key_stride = K rounded up to 4, W rounded up to 4
+  std::size_t S, YT, Kr, U, R, gl, end_b;           // phase B: S [K][WS], Y^T [K][kRowsT], Ktail [64][KS], U, R [64][WS], gamma_last [KS]
+  std::size_t dS, Yr, Qr, KT, A, dO, dR, gl_c, end_c;  // phase C: dS [K][WS], Y, Qgamma [64][KS], Ktail^T [K][kRowsT], Aqk [64][64], dO, dR [64][WS]
+  __host__ __device__ StateLocal(int K, int W) : KS(round4(K)), WS(round4(W)) {
+    const std::size_t C = kChunk, KW = std::size_t(K) * WS, KT_ = std::size_t(K) * kRowsT;
+    S = 0; YT = S + KW; Kr = YT + KT_; U = Kr + C * KS; R = U + C * WS; gl = R + C * WS; end_b = gl + KS;
+    dS = 0; Yr = dS + KW; Qr = Yr + C * KS; KT = Qr + C * KS; A = KT + KT_; dO = A + C * C; dR = dO + C * WS;
+    gl_c = dR + C * WS; end_c = gl_c + KS;
+  }
+};
+
 __host__ __device__ inline std::size_t state_local_floats(int K, int W) {
-  const std::size_t C = kChunk;
-  return static_cast<std::size_t>(K) * W + 3 * C * K + C * C + 2 * C * W + K;
+  const StateLocal L(K, W);
+  return L.end_b > L.end_c ? L.end_b : L.end_c;
 }
 
 // Phase B: columns [j0, j1) of the chunk-start states of sequence n, value head hv.
 template <class Team, class T>
 __host__ __device__ void forward_states(const Team& team, const Args<T>& a, int n, int hv, int j0, int j1,
                                         float* local) {
-  const int K = a.K, V = a.V, W = j1 - j0;
+  const int K = a.K, V = a.V, W = j1 - j0, C = kChunk;
   const int me = team.rank(), all = team.size();
   const std::int64_t first = a.chunk_offset[n], chunks = a.chunk_offset[n + 1] - first;
   if (chunks == 0) return;
-  float* Sl = local;                                  // K x W   state tile S_c
-  float* Yl = Sl + std::size_t(K) * W;                // C x K   Y
-  float* Kl = Yl + std::size_t(kChunk) * K;           // C x K   Ktail
-  float* Ul = Kl + std::size_t(kChunk) * K;           // C x W   U
-  float* Rl = Ul + std::size_t(kChunk) * W;           // C x W   R
-  float* gl = Rl + std::size_t(kChunk) * W;           // K       gamma_last
+  const StateLocal L(K, W);
+  const int KS = L.KS, WS = L.WS;
+  float* Sl = local + L.S;    // K x W    state tile S_c (row stride WS)
+  float* YT = local + L.YT;   // K x 64   Y^T (rows >= nr zero)
+  float* Kl = local + L.Kr;   // 64 x K   Ktail (row stride KS)
+  float* Ul = local + L.U;    // 64 x W   U
+  float* Rl = local + L.R;    // 64 x W   R (rows >= nr zero)
+  float* gl = local + L.gl;   // K        gamma_last
   float* S = state_at(a, a.states, first, hv);
   for (int i = me; i < K * W; i += all) {
-    const int d = i / W, j = j0 + i % W;
+    const int d = i / W, jj = i % W, j = j0 + jj;
     const float s0 = a.h0 ? a.h0[(std::size_t(n) * a.HV + hv) * K * V + d * V + j] : 0.f;
-    Sl[i] = s0;
+    Sl[d * WS + jj] = s0;
     S[d * V + j] = s0;
   }
   for (std::int64_t c = 0; c + 1 < chunks; ++c) {
     const ChunkAt at = locate_chunk(a, first + c);
     const int nr = at.rows;
     const Prep p(a.prep, std::size_t(first + c) * a.HV + hv, K, V);
-    for (int i = me; i < nr * K; i += all) {
-      Yl[i] = p.Y[i];
-      Kl[i] = p.Ktail[i];
+    for (int i = me; i < C * K; i += all) {
+      const int r = i / K, d = i % K;
+      YT[d * kRowsT + r] = r < nr ? p.Y[i] : 0.f;
+      Kl[r * KS + d] = r < nr ? p.Ktail[i] : 0.f;
     }
-    for (int i = me; i < nr * W; i += all) Ul[i] = p.U[(i / W) * V + j0 + i % W];
+    for (int i = me; i < C * W; i += all) {
+      const int r = i / W, jj = i % W;
+      Ul[r * WS + jj] = r < nr ? p.U[r * V + j0 + jj] : 0.f;
+    }
     for (int d = me; d < K; d += all) gl[d] = p.gl[d];
     team.sync();
-    for (int i = me; i < nr * W; i += all) {  // R = U - Y S0
-      const int r = i / W, jj = i % W;
-      float acc = Ul[i];
-      for (int d = 0; d < K; ++d) acc -= Yl[r * K + d] * Sl[d * W + jj];
-      Rl[i] = acc;
+    // Eq. 23: R = U - Y S0; item (row group of 8, column jj).
+    for (int item = me; item < (C / kRowGroup) * kStateTile; item += all) {
+      const int jj = item % kStateTile, r0 = (item / kStateTile) * kRowGroup;
+      if (jj >= W || r0 >= nr) continue;
+      float acc[kRowGroup];
+      for (int i = 0; i < kRowGroup; ++i) acc[i] = Ul[(r0 + i) * WS + jj];
+      for (int d = 0; d < K; ++d) {
+        float y[kRowGroup];
+        load4(YT + d * kRowsT + r0, y);
+        load4(YT + d * kRowsT + r0 + 4, y + 4);
+        const float s = Sl[d * WS + jj];
+#pragma unroll
+        for (int i = 0; i < kRowGroup; ++i) acc[i] -= y[i] * s;
+      }
+      for (int i = 0; i < kRowGroup; ++i) Rl[(r0 + i) * WS + jj] = r0 + i < nr ? acc[i] : 0.f;
     }
     team.sync();
+    // Eq. 25: S_end = Diag(gamma_last) S0 + Ktail^T R (in place); item (key group of 16, column jj).
     float* S1 = state_at(a, a.states, first + c + 1, hv);
-    for (int i = me; i < K * W; i += all) {  // Eq. 25: S_end = Diag(gamma_last) S0 + Ktail^T R (in place)
-      const int d = i / W, jj = i % W;
-      float acc = gl[d] * Sl[i];
-      for (int r = 0; r < nr; ++r) acc += Kl[r * K + d] * Rl[r * W + jj];
-      Sl[i] = acc;
-      S1[d * V + j0 + jj] = acc;
+    for (int item = me; item < (KS + kKeyGroup - 1) / kKeyGroup * kStateTile; item += all) {
+      const int jj = item % kStateTile, d0 = (item / kStateTile) * kKeyGroup;
+      if (jj >= W) continue;
+      float acc[kKeyGroup];
+      for (int i = 0; i < kKeyGroup; ++i) acc[i] = d0 + i < K ? gl[d0 + i] * Sl[(d0 + i) * WS + jj] : 0.f;
+      for (int r = 0; r < nr; ++r) {
+        float kt[kKeyGroup];
+        for (int v = 0; v < kKeyGroup; v += 4) {
+          if (d0 + v < KS) load4(Kl + r * KS + d0 + v, kt + v);
+          else kt[v] = kt[v + 1] = kt[v + 2] = kt[v + 3] = 0.f;
+        }
+        const float rr = Rl[r * WS + jj];
+#pragma unroll
+        for (int i = 0; i < kKeyGroup; ++i) acc[i] += kt[i] * rr;
+      }
+      for (int i = 0; i < kKeyGroup && d0 + i < K; ++i) {
+        Sl[(d0 + i) * WS + jj] = acc[i];
+        S1[(d0 + i) * V + j0 + jj] = acc[i];
+      }
     }
     team.sync();
   }
@@ -356,18 +422,20 @@ __host__ __device__ void backward_states(const Team& team, const Args<T>& a, int
   const int me = team.rank(), all = team.size();
   const std::int64_t first = a.chunk_offset[n], chunks = a.chunk_offset[n + 1] - first;
   const std::size_t state_base = (std::size_t(n) * a.HV + hv) * K * V;
-  float* dSl = local;                                 // K x W   dS (gradient of the chunk-end state)
-  float* Yl = dSl + std::size_t(K) * W;               // C x K   Y
-  float* Kl = Yl + std::size_t(C) * K;                // C x K   Ktail
-  float* Ql = Kl + std::size_t(C) * K;                // C x K   Qgamma
-  float* Al = Ql + std::size_t(C) * K;                // C x C   Aqk
-  float* dOl = Al + std::size_t(C) * C;               // C x W   scale * dout
-  float* dRl = dOl + std::size_t(C) * W;              // C x W   dR
-  float* gl = dRl + std::size_t(C) * W;               // K       gamma_last
+  const StateLocal L(K, W);
+  const int KS = L.KS, WS = L.WS;
+  float* dSl = local + L.dS;  // K x W    dS (gradient of the chunk-end state, row stride WS)
+  float* Yl = local + L.Yr;   // 64 x K   Y (row stride KS)
+  float* Ql = local + L.Qr;   // 64 x K   Qgamma
+  float* KT = local + L.KT;   // K x 64   Ktail^T (rows >= nr zero)
+  float* Al = local + L.A;    // 64 x 64  Aqk (zero above the diagonal and in rows >= nr)
+  float* dOl = local + L.dO;  // 64 x W   scale * dout (rows >= nr zero)
+  float* dRl = local + L.dR;  // 64 x W   dR
+  float* gl = local + L.gl_c; // K        gamma_last
   for (int i = me; i < K * W; i += all) {
-    const int d = i / W, j = j0 + i % W;
+    const int d = i / W, jj = i % W, j = j0 + jj;
     const float ds = a.dht ? a.dht[state_base + d * V + j] : 0.f;
-    dSl[i] = ds;
+    dSl[d * WS + jj] = ds;
     if (chunks > 0) state_at(a, a.dstates, first + chunks - 1, hv)[d * V + j] = ds;
     else if (a.dh0) a.dh0[state_base + d * V + j] = ds;
   }
@@ -375,34 +443,71 @@ __host__ __device__ void backward_states(const Team& team, const Args<T>& a, int
     const ChunkAt at = locate_chunk(a, first + c);
     const int nr = at.rows;
     const Prep p(a.prep, std::size_t(first + c) * a.HV + hv, K, V);
-    for (int i = me; i < nr * K; i += all) {
-      Yl[i] = p.Y[i];
-      Kl[i] = p.Ktail[i];
-      Ql[i] = p.Qg[i];
+    for (int i = me; i < C * K; i += all) {
+      const int r = i / K, d = i % K;
+      const bool ok = r < nr;
+      Yl[r * KS + d] = ok ? p.Y[i] : 0.f;
+      Ql[r * KS + d] = ok ? p.Qg[i] : 0.f;
+      KT[d * kRowsT + r] = ok ? p.Ktail[i] : 0.f;
     }
-    for (int i = me; i < nr * C; i += all) Al[i] = p.Aqk[i];
-    for (int i = me; i < nr * W; i += all) {
-      const int r = i / W, j = j0 + i % W;
-      dOl[i] = a.scale * load(a.dout + ((at.t0 + r) * a.HV + hv) * std::int64_t(V) + j);
+    for (int i = me; i < C * C; i += all) Al[i] = i / C < nr ? p.Aqk[i] : 0.f;
+    for (int i = me; i < C * W; i += all) {
+      const int r = i / W, jj = i % W;
+      dOl[r * WS + jj] = r < nr ? a.scale * load(a.dout + ((at.t0 + r) * a.HV + hv) * std::int64_t(V) + j0 + jj) : 0.f;
     }
     for (int d = me; d < K; d += all) gl[d] = p.gl[d];
     team.sync();
-    for (int i = me; i < nr * W; i += all) {  // dR = Aqk^T dO + Ktail dS
-      const int r = i / W, jj = i % W;
-      float acc = 0.f;
-      for (int r2 = r; r2 < nr; ++r2) acc += Al[r2 * C + r] * dOl[r2 * W + jj];
-      for (int d = 0; d < K; ++d) acc += Kl[r * K + d] * dSl[d * W + jj];
-      dRl[i] = acc;
+    // dR = Aqk^T dO + Ktail dS; item (row group of 8, column jj). Aqk_{r2 r} = 0 for r2 < r, so the first
+    // sum may start at the group's first row.
+    for (int item = me; item < (C / kRowGroup) * kStateTile; item += all) {
+      const int jj = item % kStateTile, r0 = (item / kStateTile) * kRowGroup;
+      if (jj >= W || r0 >= nr) continue;
+      float acc[kRowGroup] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int r2 = r0; r2 < nr; ++r2) {
+        float aq[kRowGroup];
+        load4(Al + r2 * C + r0, aq);
+        load4(Al + r2 * C + r0 + 4, aq + 4);
+        const float o = dOl[r2 * WS + jj];
+#pragma unroll
+        for (int i = 0; i < kRowGroup; ++i) acc[i] += aq[i] * o;
+      }
+      for (int d = 0; d < K; ++d) {
+        float kt[kRowGroup];
+        load4(KT + d * kRowsT + r0, kt);
+        load4(KT + d * kRowsT + r0 + 4, kt + 4);
+        const float ds = dSl[d * WS + jj];
+#pragma unroll
+        for (int i = 0; i < kRowGroup; ++i) acc[i] += kt[i] * ds;
+      }
+      for (int i = 0; i < kRowGroup; ++i) dRl[(r0 + i) * WS + jj] = r0 + i < nr ? acc[i] : 0.f;
     }
     team.sync();
+    // dS_c = Diag(gamma_last) dS + Qgamma^T dO - Y^T dR (in place); item (key group of 16, column jj).
     float* dS0 = c > 0 ? state_at(a, a.dstates, first + c - 1, hv) : nullptr;
-    for (int i = me; i < K * W; i += all) {  // dS_c = Diag(gamma_last) dS + Qgamma^T dO - Y^T dR (in place)
-      const int d = i / W, jj = i % W;
-      float acc = gl[d] * dSl[i];
-      for (int r = 0; r < nr; ++r) acc += Ql[r * K + d] * dOl[r * W + jj] - Yl[r * K + d] * dRl[r * W + jj];
-      dSl[i] = acc;
-      if (dS0) dS0[d * V + j0 + jj] = acc;
-      else if (a.dh0) a.dh0[state_base + d * V + j0 + jj] = acc;
+    for (int item = me; item < (KS + kKeyGroup - 1) / kKeyGroup * kStateTile; item += all) {
+      const int jj = item % kStateTile, d0 = (item / kStateTile) * kKeyGroup;
+      if (jj >= W) continue;
+      float acc[kKeyGroup];
+      for (int i = 0; i < kKeyGroup; ++i) acc[i] = d0 + i < K ? gl[d0 + i] * dSl[(d0 + i) * WS + jj] : 0.f;
+      for (int r = 0; r < nr; ++r) {
+        float qg[kKeyGroup], y[kKeyGroup];
+        for (int v = 0; v < kKeyGroup; v += 4) {
+          if (d0 + v < KS) {
+            load4(Ql + r * KS + d0 + v, qg + v);
+            load4(Yl + r * KS + d0 + v, y + v);
+          } else {
+            for (int u = 0; u < 4; ++u) qg[v + u] = y[v + u] = 0.f;
+          }
+        }
+        const float o = dOl[r * WS + jj], dr = dRl[r * WS + jj];
+#pragma unroll
+        for (int i = 0; i < kKeyGroup; ++i) acc[i] += qg[i] * o - y[i] * dr;
+      }
+      for (int i = 0; i < kKeyGroup && d0 + i < K; ++i) {
+        dSl[(d0 + i) * WS + jj] = acc[i];
+        if (dS0) dS0[(d0 + i) * V + j0 + jj] = acc[i];
+        else if (a.dh0) a.dh0[state_base + (d0 + i) * V + j0 + jj] = acc[i];
+      }
     }
     team.sync();
   }
