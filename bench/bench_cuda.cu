@@ -205,19 +205,25 @@ GDR2_BENCHMARK("cuda/recurrent_forward", "CUDA token-by-token forward over a who
 
 GDR2_BENCHMARK("cuda/decode", "CUDA decode step (T = 1, state updated in place) for 1 and 256 sequences x 16 heads") {
   if (!gdr2::cuda::device_available()) return;
-  // The default block shape (8 warps) and the 4-warp one (GDR2_CUDA_RECURRENT_WARPS), measured side by side.
-  for (const char* warps : {"8", "4"}) {
-    setenv("GDR2_CUDA_RECURRENT_WARPS", warps, 1);
+  // Measured side by side: the default choice (the streaming kernel of recurrent_stream.cu with at least one
+  // state per SM, else the tiled one), each kernel forced (GDR2_CUDA_RECURRENT_KERNEL), and the tiled kernel
+  // with 4 warps (GDR2_CUDA_RECURRENT_WARPS=4).
+  struct Config { const char* label; const char* kernel; const char* warps; };
+  for (Config c : {Config{"default", nullptr, nullptr}, Config{"kernel=stream", "stream", nullptr},
+                   Config{"kernel=tiled warps=8", "tiled", nullptr}, Config{"kernel=tiled warps=4", "tiled", "4"}}) {
+    if (c.kernel) setenv("GDR2_CUDA_RECURRENT_KERNEL", c.kernel, 1); else unsetenv("GDR2_CUDA_RECURRENT_KERNEL");
+    if (c.warps) setenv("GDR2_CUDA_RECURRENT_WARPS", c.warps, 1); else unsetenv("GDR2_CUDA_RECURRENT_WARPS");
     for (int sequences : {1, 256}) {
       DeviceProblem d(sequences, 1, 16, 128, false);
       const double ms = median_ms(std::max(repeats(ctx), 50), [&] { gdr2::cuda::recurrent_forward(d.p, d.forward()); });
       const double state_bytes = 2.0 * sequences * 16 * 128 * 128 * 4;  // read + write
-      auto r = row("cuda/decode", d, std::string("warps=") + warps, ms, d.forward_bytes(), "");
+      auto r = row("cuda/decode", d, c.label, ms, d.forward_bytes(), "");
       r.note = "state traffic " + std::to_string(state_bytes / (ms * 1e-3) * 1e-12).substr(0, 5) + " TB/s" +
                (sequences == 1 ? "; target < 0.05 ms" : "; target >= 2.8 TB/s");
       ctx.report(r);
     }
   }
+  unsetenv("GDR2_CUDA_RECURRENT_KERNEL");
   unsetenv("GDR2_CUDA_RECURRENT_WARPS");
 }
 

@@ -31,6 +31,22 @@ void expect_matches(const gdr2::Batch<double>& batch, DType t, Kernel kernel, co
   EXPECT_TRUE(c.passes()) << what << " [" << kernel_label(kernel) << ", " << dtype_label(t) << "]: " << c.describe();
 }
 
+// Sets (value) or unsets (nullptr) an environment variable for a scope, restoring the old value.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    if (value) setenv(name, value, 1); else unsetenv(name);
+  }
+  ~ScopedEnv() { if (had_) setenv(name_.c_str(), old_.c_str(), 1); else unsetenv(name_.c_str()); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_, old_;
+  bool had_ = false;
+};
+
 // ---- accuracy on the ecosystem layout ------------------------------------------------------------------
 
 TEST(CudaForward, MatchesReferenceEveryDtype) {
@@ -150,13 +166,24 @@ TEST(CudaForward, DecodeStepByStepEqualsOneLongCall) {
   // 3 sequences x (HV = 4, H = 2), 40 tokens. One call over all tokens versus 40 calls of T = 1 that
   // update the state in place (h0 == ht). The recurrent kernel does the same fp32 operations in the same
   // order either way, so o and the final state must agree bit for bit.
+  // With many states, the T = 1 steps run the streaming kernel and the long call the tiled one by default:
+  // those two must agree bit for bit too (recurrent_step.cuh). Every pairing of kernels and block shapes:
+  //   steps / long call: default / default (warps 4 and 8), stream / tiled, stream / stream, tiled / stream.
   const int B = 3, T = 40, H = 2, HV = 4, K = 64, V = 64;
   const auto batch = gdr2_test::random_batch(80, B, T, H, HV, K, V, Gates::typical, true);
-  for (const char* warps : {"4", "8"})  // both block shapes of the recurrent kernel
+  struct Choice { const char* warps; const char* steps_kernel; const char* long_kernel; };
+  for (Choice choice : {Choice{"4", nullptr, nullptr}, Choice{"8", nullptr, nullptr}, Choice{"8", "stream", "tiled"},
+                        Choice{"8", "stream", "stream"}, Choice{"8", "tiled", "stream"}})
   for (DType t : kDTypes) {
-    ASSERT_EQ(setenv("GDR2_CUDA_RECURRENT_WARPS", warps, 1), 0);
+    const ScopedEnv warps_env("GDR2_CUDA_RECURRENT_WARPS", choice.warps);
+    const std::string warps = std::string(choice.warps) + ", steps " + (choice.steps_kernel ? choice.steps_kernel : "default") +
+                              ", long call " + (choice.long_kernel ? choice.long_kernel : "default");
     DeviceBatch whole = to_device(batch, t);
-    launch(Kernel::recurrent, whole.problem, whole.forward_tensors());
+    {
+      const ScopedEnv kernel_env("GDR2_CUDA_RECURRENT_KERNEL", choice.long_kernel);
+      launch(Kernel::recurrent, whole.problem, whole.forward_tensors());
+    }
+    const ScopedEnv kernel_env("GDR2_CUDA_RECURRENT_KERNEL", choice.steps_kernel);
     const auto o_whole = whole.output();
     const auto ht_whole = whole.final_state();
 
@@ -187,7 +214,68 @@ TEST(CudaForward, DecodeStepByStepEqualsOneLongCall) {
     EXPECT_EQ(o_steps, o_whole) << dtype_label(t) << ", warps " << warps;
     EXPECT_EQ(download(state, ht_whole.size(), DType::f32), ht_whole) << dtype_label(t) << ", warps " << warps;
   }
-  ASSERT_EQ(unsetenv("GDR2_CUDA_RECURRENT_WARPS"), 0);
+}
+
+TEST(CudaForward, StreamingRecurrentKernelMatchesReference) {
+  GDR2_REQUIRE_DEVICE();
+  // GDR2_CUDA_RECURRENT_KERNEL=stream runs the streaming kernel (state slices of 64 columns through shared
+  // memory, persistent grid) on any T: against the reference on every dtype and the shapes it supports
+  // (K <= 256, V a multiple of 4: one to four slices, the last one partial), GVA, varlen with empty
+  // sequences, no h0, gate regimes.
+  const ScopedEnv kernel_env("GDR2_CUDA_RECURRENT_KERNEL", "stream");
+  struct Case { const char* what; gdr2::Batch<double> batch; };
+  const Case cases[] = {
+      {"B=3 T=5 H=2 HV=4 K=V=128", gdr2_test::random_batch(90, 3, 5, 2, 4, 128, 128, Gates::typical, true)},
+      {"B=2 T=3 K=1 V=4", gdr2_test::random_batch(91, 2, 3, 1, 1, 1, 4, Gates::typical, true)},
+      {"B=2 T=7 K=33 V=36 strong decay", gdr2_test::random_batch(92, 2, 7, 1, 2, 33, 36, Gates::strong_decay, true)},
+      {"varlen {1, 0, 3, 1} K=64 V=32", gdr2_test::random_batch(93, 1, 0, 2, 2, 64, 32, Gates::typical, true, {1, 0, 3, 1})},
+      {"no h0, B=4 T=1 K=V=64", gdr2_test::random_batch(94, 4, 1, 1, 1, 64, 64, Gates::typical, false)},
+      {"gate edges B=2 T=4 K=V=32", gdr2_test::random_batch(95, 2, 4, 1, 1, 32, 32, Gates::gate_edges, true)},
+      {"B=2 T=3 K=256 V=200", gdr2_test::random_batch(98, 2, 3, 1, 1, 256, 200, Gates::typical, true)},
+      {"B=1 T=2 K=200 V=132 strong decay", gdr2_test::random_batch(99, 1, 2, 1, 2, 200, 132, Gates::strong_decay, true)},
+  };
+  for (const Case& c : cases)
+    for (DType t : kDTypes) expect_matches(c.batch, t, Kernel::recurrent, std::string("stream kernel, ") + c.what);
+  // ht = nullptr: o is still right and the state buffer is not written.
+  const auto batch = cases[0].batch;
+  const auto rounded = rounded_for_device(batch, DType::f32);
+  const auto ref = gdr2::batched_forward(rounded, gdr2::Form::recurrent);
+  DeviceBatch d = to_device(batch, DType::f32);
+  auto x = d.forward_tensors();
+  x.ht = nullptr;
+  launch(Kernel::recurrent, d.problem, x);
+  EXPECT_LE(relative_error(d.output(), ref.o), calibrate(rounded, ref, DType::f32, Kernel::recurrent).tol_o);
+  for (double e : d.final_state()) ASSERT_TRUE(std::isnan(e)) << "ht was written although it is nullptr";
+}
+
+TEST(CudaForward, StreamingKernelEqualsTiledOnManyItems) {
+  GDR2_REQUIRE_DEVICE();
+  // Decode steps with more items than blocks, so every block walks several items and reuses its three
+  // buffers (the cp.async pipeline wraps around): 300 sequences x 2 value heads at K = V = 128 (1200 slices of
+  // 64 columns, two blocks per SM), and 140 sequences at K = 256, V = 96 (a full and a half slice each, one
+  // block per SM). In place (h0 == ht) as a decode step runs. Bit for bit equal to the tiled kernel, every dtype,
+  // and the final state is the reference's (fp32 arithmetic on one token: 1e-5 is far above its rounding).
+  const gdr2::Batch<double> batches[] = {gdr2_test::random_batch(96, 300, 1, 1, 2, 128, 128, Gates::typical, true),
+                                         gdr2_test::random_batch(97, 140, 1, 1, 1, 256, 96, Gates::typical, true)};
+  for (const auto& batch : batches)
+  for (DType t : kDTypes) {
+    const std::string what = dtype_label(t) + std::string(" K=") + std::to_string(batch.K) + " V=" + std::to_string(batch.V);
+    std::vector<double> o[2], state[2];
+    const char* kernels[] = {"tiled", "stream"};
+    for (int i = 0; i < 2; ++i) {
+      const ScopedEnv kernel_env("GDR2_CUDA_RECURRENT_KERNEL", kernels[i]);
+      DeviceBatch d = to_device(batch, t);
+      auto x = d.forward_tensors();
+      x.ht = d.h0.as<float>();  // in place, as a decode step runs
+      launch(Kernel::recurrent, d.problem, x);
+      o[i] = d.output();
+      state[i] = download(d.h0, d.state_count, DType::f32);
+    }
+    EXPECT_EQ(o[1], o[0]) << what;
+    EXPECT_EQ(state[1], state[0]) << what;
+    const auto ref = gdr2::batched_forward(rounded_for_device(batch, t), gdr2::Form::recurrent);
+    EXPECT_LT(relative_error(state[1], ref.ht), 1e-5) << what << ": the final state is the reference's";
+  }
 }
 
 // ---- family collapses -------------------------------------------------------------------------------------
@@ -437,6 +525,26 @@ TEST(CudaForward, RecurrentEveryWarpCount) {
   EXPECT_THAT(error_of([&] { gdr2::cuda::recurrent_forward(d.problem, d.forward_tensors()); }),
               HasSubstr("GDR2_CUDA_RECURRENT_WARPS must be 4 or 8, got '3'"));
   ASSERT_EQ(unsetenv("GDR2_CUDA_RECURRENT_WARPS"), 0);
+}
+
+TEST(CudaForward, RecurrentKernelOverrideErrors) {
+  GDR2_REQUIRE_DEVICE();
+  using testing::HasSubstr;
+  const auto odd_v = gdr2_test::random_batch(97, 2, 1, 1, 1, 16, 33, Gates::typical, true);
+  DeviceBatch d = to_device(odd_v, DType::f32);
+  auto run = [&] { gdr2::cuda::recurrent_forward(d.problem, d.forward_tensors()); };
+  {
+    const ScopedEnv kernel_env("GDR2_CUDA_RECURRENT_KERNEL", "fast");
+    EXPECT_THAT(error_of(run), HasSubstr("GDR2_CUDA_RECURRENT_KERNEL must be tiled or stream, got 'fast'"));
+  }
+  {
+    const ScopedEnv kernel_env("GDR2_CUDA_RECURRENT_KERNEL", "stream");
+    EXPECT_THAT(error_of(run), HasSubstr("GDR2_CUDA_RECURRENT_KERNEL=stream needs V a multiple of 4 (got 33)"));
+    const ScopedEnv warps_env("GDR2_CUDA_RECURRENT_WARPS", "4");
+    EXPECT_THAT(error_of(run), HasSubstr("GDR2_CUDA_RECURRENT_KERNEL=stream runs 8 warps"));
+  }
+  // By default a decode step with an unsupported shape runs the tiled kernel, and is right.
+  expect_matches(odd_v, DType::f32, Kernel::recurrent, "decode step with V = 33 (tiled kernel)");
 }
 
 }  // namespace

@@ -1,21 +1,23 @@
-// Token-by-token forward (spec section 2, Eq. 8-10), fp32 state, any T (decode: T = 1, h0 == ht).
+// Token-by-token forward (spec section 2, Eq. 8-10), fp32 state, any T (decode: T = 1, h0 == ht): the tiled
+// kernel, and the entry point that chooses between it and the streaming kernel of recurrent_stream.cu.
 //
 // Work split: one block per (32-column tile of V, value head hv, sequence n), WARPS warps. Lane = state
 // column c (so state loads/stores are coalesced); warp j holds rows [j*KR, (j+1)*KR) of that column in
 // registers (KR = ceil(K/WARPS) rounded up to a power of two). Per token the key-side vectors are staged in
 // shared memory and the two reductions over K (r_t and o_t) go through shared memory, warp partials summed
-// in warp order.
+// in warp order (recurrent_step.cuh, shared with the streaming kernel).
 // WARPS = 8 by default: 16 state rows per thread at K = 128 (64 registers, 50% occupancy) instead of 32 with
 // 4 warps (95 registers, 31%). Measured on an H100 (docs/performance.md): the long-sequence forward at B=4,
-// T=4096 takes 7.2 ms instead of 8.8 ms; the decode step of 256 x 16 heads 252 us instead of 260 us (ncu),
-// so the decode is not limited by loads in flight. GDR2_CUDA_RECURRENT_WARPS=4|8 forces one (the tests cover
-// both; the benchmark compares them). The choice never depends on T, so T = 1 steps and one long call run
-// the same arithmetic bit for bit.
+// T=4096 takes 7.2 ms instead of 8.8 ms. GDR2_CUDA_RECURRENT_WARPS=4|8 forces one (the tests cover both; the
+// benchmark compares them). With 8 warps the streaming kernel does the same arithmetic, so whichever kernel
+// runs a T = 1 step or a long call, the results agree bit for bit.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
 #include "common.cuh"
+#include "recurrent_step.cuh"
+#include "recurrent_stream.cuh"
 
 namespace gdr2::cuda {
 namespace {
@@ -56,46 +58,32 @@ recurrent_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const
     const std::size_t key_at = (static_cast<std::size_t>(t) * H + h) * K;
     for (int d = threadIdx.x; d < K; d += blockDim.x) {
       const float kd = to_float(k[key_at + d]);
-      s_alpha[d] = expf(g[key_at + d]);           // alpha_t = exp(g_t)
-      s_erase[d] = to_float(b[key_at + d]) * kd;  // e_t = b_t * k_t
+      s_alpha[d] = recurrent::decay_of(g[key_at + d]);          // alpha_t = exp(g_t)
+      s_erase[d] = recurrent::erase_of(to_float(b[key_at + d]), kd);  // e_t = b_t * k_t
       s_key[d] = kd;
       s_query[d] = to_float(q[key_at + d]);
     }
     const std::size_t value_at = (static_cast<std::size_t>(t) * HV + hv) * V + c;
-    const float written = column_ok ? to_float(w[value_at]) * to_float(v[value_at]) : 0.0f;  // z_t = w_t * v_t
+    const float written = column_ok ? recurrent::write_of(to_float(w[value_at]), to_float(v[value_at])) : 0.0f;
     __syncthreads();
     float partial = 0.0f;
 #pragma unroll
     for (int i = 0; i < KR; ++i) {
       const int d = warp * KR + i;
-      if (d < K) {
-        state[i] *= s_alpha[d];               // Eq. 8: Sbar_t = Diag(alpha_t) S_{t-1}
-        partial = fmaf(state[i], s_erase[d], partial);  // Eq. 9: r_t = Sbar_t^T e_t
-      }
+      if (d < K) recurrent::decay_and_read(state[i], s_alpha[d], s_erase[d], partial);  // Eq. 8-9
     }
     s_read[warp][lane] = partial;
     __syncthreads();
-    float read = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kWarps; ++j) read += s_read[j][lane];
-    const float delta = written - read;  // z_t - r_t
+    const float delta = recurrent::delta_of<kWarps>(written, &s_read[0][lane], kColumns);  // z_t - r_t
     partial = 0.0f;
 #pragma unroll
     for (int i = 0; i < KR; ++i) {
       const int d = warp * KR + i;
-      if (d < K) {
-        state[i] = fmaf(s_key[d], delta, state[i]);      // Eq. 10: S_t = Sbar_t + k_t (z_t - r_t)^T
-        partial = fmaf(state[i], s_query[d], partial);  // o_t = scale * S_t^T q_t
-      }
+      if (d < K) recurrent::edit_and_query(state[i], s_key[d], delta, s_query[d], partial);  // Eq. 10, o_t
     }
     s_out[warp][lane] = partial;
     __syncthreads();
-    if (warp == 0 && column_ok) {
-      float out = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kWarps; ++j) out += s_out[j][lane];
-      o[value_at] = from_float<T>(scale * out);
-    }
+    if (warp == 0 && column_ok) o[value_at] = from_float<T>(recurrent::output_of<kWarps>(scale, &s_out[0][lane], kColumns));
   }
   if (ht != nullptr && column_ok) {
 #pragma unroll
@@ -120,12 +108,13 @@ void launch_recurrent(const Problem& p, const ForwardTensors& x, int N, float sc
 // Rows per warp KR = ceil(K / kWarps) rounded up to a power of two (K <= 256).
 template <class T, int kWarps>
 void dispatch_rows(const Problem& p, const ForwardTensors& x, int N, float scale, cudaStream_t stream) {
-  const int rows_per_warp = (p.K + kWarps - 1) / kWarps;
-  if (rows_per_warp <= 4) launch_recurrent<T, 4, kWarps>(p, x, N, scale, stream);
-  else if (rows_per_warp <= 8) launch_recurrent<T, 8, kWarps>(p, x, N, scale, stream);
-  else if (rows_per_warp <= 16) launch_recurrent<T, 16, kWarps>(p, x, N, scale, stream);
-  else if (rows_per_warp <= 32) launch_recurrent<T, 32, kWarps>(p, x, N, scale, stream);
-  else launch_recurrent<T, 64, kWarps>(p, x, N, scale, stream);
+  switch (recurrent::rows_per_warp(p.K, kWarps)) {
+    case 4: launch_recurrent<T, 4, kWarps>(p, x, N, scale, stream); break;
+    case 8: launch_recurrent<T, 8, kWarps>(p, x, N, scale, stream); break;
+    case 16: launch_recurrent<T, 16, kWarps>(p, x, N, scale, stream); break;
+    case 32: launch_recurrent<T, 32, kWarps>(p, x, N, scale, stream); break;
+    default: launch_recurrent<T, 64, kWarps>(p, x, N, scale, stream); break;
+  }
 }
 
 }  // namespace
@@ -141,6 +130,31 @@ void recurrent_forward(const Problem& p, const ForwardTensors& x, cudaStream_t s
   if (const char* forced = std::getenv("GDR2_CUDA_RECURRENT_WARPS")) {
     if (std::strcmp(forced, "4") == 0) warps = 4;
     else if (std::strcmp(forced, "8") != 0) fail(who, ": GDR2_CUDA_RECURRENT_WARPS must be 4 or 8, got '", forced, "'");
+  }
+  // Which kernel: GDR2_CUDA_RECURRENT_KERNEL=tiled|stream forces one; by default the streaming kernel
+  // (recurrent_stream.cu) takes decode-shaped calls (at most one token per sequence on average) with at
+  // least one (sequence, value head) state per SM, when it supports the shape; the tiled kernel takes
+  // everything else (long sequences, and few states, where its four blocks per state spread the traffic
+  // over more SMs). Both do the same arithmetic bit for bit (8 warps).
+  const char* forced_kernel = std::getenv("GDR2_CUDA_RECURRENT_KERNEL");
+  if (forced_kernel && std::strcmp(forced_kernel, "tiled") != 0 && std::strcmp(forced_kernel, "stream") != 0)
+    fail(who, ": GDR2_CUDA_RECURRENT_KERNEL must be tiled or stream, got '", forced_kernel, "'");
+  const bool force_stream = forced_kernel && std::strcmp(forced_kernel, "stream") == 0;
+  int device = 0, sms = 0;
+  check(cudaGetDevice(&device), who, "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), who, "cudaDeviceGetAttribute(SM count)");
+  const bool decode_shaped = static_cast<std::int64_t>(p.B) * p.T <= checked.N &&
+                             static_cast<std::int64_t>(checked.N) * p.HV >= sms;
+  bool stream_kernel = false;
+  if (force_stream || (!forced_kernel && warps == 8 && decode_shaped && p.T > 0)) {
+    const std::string unsupported = recurrent_stream_unsupported(p, x);
+    if (force_stream && warps != 8) fail(who, ": GDR2_CUDA_RECURRENT_KERNEL=stream runs 8 warps, but GDR2_CUDA_RECURRENT_WARPS=4");
+    if (force_stream && !unsupported.empty()) fail(who, ": GDR2_CUDA_RECURRENT_KERNEL=stream needs ", unsupported);
+    stream_kernel = unsupported.empty();
+  }
+  if (stream_kernel) {
+    launch_recurrent_stream(p, x, checked.N, checked.scale, stream);
+    return;
   }
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -72,7 +72,9 @@ struct BackwardTensors {
 bool device_available();
 std::string device_name();
 
-// Token-by-token forward (decode: T = 1, h0 == ht updates the state in place). Any K, V <= 256.
+// Token-by-token forward (decode: T = 1, h0 == ht updates the state in place). Any K, V <= 256. Decode
+// steps over many states run a kernel that streams the states through shared memory; the result is bit for
+// bit the same as the token-by-token kernel's (cuda/README.md).
 void recurrent_forward(const Problem& p, const ForwardTensors& x, cudaStream_t stream = nullptr);
 
 // Chunkwise WY forward, chunk 64. K, V in {16, 32, 64, 128, 256} (see docs for the limits).
