@@ -11,6 +11,7 @@
 #   BUILD=build-gpu GPU_CHECK_CMAKE_ARGS="-DCMAKE_PREFIX_PATH=/opt/deps/usr" scripts/gpu-check.sh
 #
 # Steps can be skipped: GPU_CHECK_SKIP="tests sanitizer verify bench fla". GPU_CHECK_PROFILE=1 adds ncu kernel times.
+# GPU_CHECK_BASE=<another source tree> also builds and times that tree's gdr2-bench in the same run (see below).
 # Exit status: 0 when every step passed.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -83,13 +84,27 @@ if ! skipped bench; then
   step "gdr2-bench --filter cuda/" bench.log "$BUILD/bench/gdr2-bench" --filter cuda/ --json "$LOGS/bench.json"
 fi
 
+# ---- the same benchmark of another checkout, in the same run (only when GPU_CHECK_BASE names one) ------------------
+# GPU_CHECK_BASE=<directory with another gdr2 source tree, e.g. `git archive <commit> | tar -x -C .base`>: its
+# gdr2-bench is built and run right after ours (filter GPU_CHECK_BASE_FILTER, default cuda/), so that a change is
+# measured against its base on the same GPU in the same session.
+if [[ -n "${GPU_CHECK_BASE:-}" ]] && ! skipped bench; then
+  # shellcheck disable=SC2086
+  step "base: configure + build gdr2-bench" base-build.log bash -c "cmake -S '$GPU_CHECK_BASE' -B '$BUILD-base' \
+      -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES='$ARCH' ${GPU_CHECK_CMAKE_ARGS:-} && \
+    cmake --build '$BUILD-base' -j '$JOBS' --target gdr2-bench"
+  step "base: gdr2-bench --filter ${GPU_CHECK_BASE_FILTER:-cuda/}" base-bench.log \
+    "$BUILD-base/bench/gdr2-bench" --filter "${GPU_CHECK_BASE_FILTER:-cuda/}" --json "$LOGS/base-bench.json"
+fi
+
 # ---- where the time goes (only with GPU_CHECK_PROFILE=1): ncu's duration of each kernel of the first chunk
 # forward + backward at B=4, T=4096, H=16, K=V=128 (bf16), and of the decode step for 256 sequences with each block
-# shape (cuda/decode runs 52 launches per shape: 8 warps x {1, 256} sequences, then 4 warps x {1, 256}) ----------
+# kernel (cuda/decode runs 52 launches per configuration and size: default, stream, tiled 8 warps, tiled 4 warps, each
+# x {1, 256} sequences) -----------------------------------------------------------------------------------------------
 if [[ "${GPU_CHECK_PROFILE:-0}" == 1 ]] && command -v ncu >/dev/null; then
   step "ncu kernel times (fwd+bwd, decode)" ncu.log bash -c "ncu -k regex:_kernel --launch-count 8 --metrics gpu__time_duration.sum \
       '$BUILD/bench/gdr2-bench' --filter cuda/chunk_forward_backward --repeats 1 && \
-    for skip in 60 160; do echo \"decode of 256 sequences, launch \$skip (60: 8 warps, 160: 4 warps)\"; \
+    for skip in 164 268 372; do echo \"decode of 256 sequences, launch \$skip (164: stream, 268: tiled 8 warps, 372: tiled 4 warps)\"; \
       ncu -k regex:recurrent --launch-skip \$skip --launch-count 1 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
         '$BUILD/bench/gdr2-bench' --filter cuda/decode --repeats 1; done"
@@ -118,6 +133,7 @@ fi
     echo
     grep -E '^(benchmark|cuda/)' "$LOGS/bench.log"
   fi
+  [[ -f "$LOGS/base-bench.log" ]] && { echo; echo "base ($GPU_CHECK_BASE):"; grep -E '^(benchmark|cuda/)' "$LOGS/base-bench.log"; }
   [[ -f "$LOGS/fla-bench.log" ]] && { echo; cat "$LOGS/fla-bench.log"; }
   [[ -f "$LOGS/ncu.log" ]] && { echo; grep -E '^  [a-zA-Z_].*\(|gpu__time_duration|dram__' "$LOGS/ncu.log" | head -n 60; }
 } | tee "$LOGS/summary.txt"
