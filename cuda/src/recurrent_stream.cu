@@ -184,17 +184,23 @@ recurrent_stream_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
 
 // Blocks of recurrent_stream_kernel<T, KR> that fit on one SM with `shared` bytes of dynamic shared memory, on
 // the current device. The attribute and occupancy queries run once per (device, shared size), not per call:
-// a decode step is short, and the host calls would otherwise sit between the caller's events.
+// a decode step is short, and the host calls would otherwise sit between the caller's events. The kernel's
+// dynamic shared-memory limit only ever grows (to the largest size asked for on the device), so a call with
+// a smaller K never lowers it below what an earlier, larger one still needs.
 template <class T, int KR>
 int blocks_per_sm(int device, std::size_t shared, const char* who) {
   static std::mutex mutex;
-  static std::map<std::pair<int, std::size_t>, int> known;
+  static std::map<std::pair<int, std::size_t>, int> known;  // (device, shared) -> blocks per SM
+  static std::map<int, std::size_t> limit;                  // device -> the attribute's value
   const std::lock_guard<std::mutex> lock(mutex);
   const auto key = std::make_pair(device, shared);
   if (const auto it = known.find(key); it != known.end()) return it->second;
   const auto kernel = recurrent_stream_kernel<T, KR>;
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), who,
-        "cudaFuncSetAttribute(recurrent_stream_kernel, max dynamic shared memory)");
+  if (shared > limit[device]) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), who,
+          "cudaFuncSetAttribute(recurrent_stream_kernel, max dynamic shared memory)");
+    limit[device] = shared;
+  }
   int per_sm = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, shared), who,
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor(recurrent_stream_kernel)");
