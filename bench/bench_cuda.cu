@@ -232,7 +232,16 @@ GDR2_BENCHMARK("cuda/chunk_forward_backward", "CUDA chunk forward + backward (fa
   if (!gdr2::cuda::device_available()) return;
   for (Shape s : chunk_shapes(ctx)) {
     DeviceProblem d(s.B, s.T, 16, 128, true);
-    for (auto mode : {gdr2::cuda::Mode::fast, gdr2::cuda::Mode::accurate}) {
+    // fast: tensor-core backward; fast-fp32-backward: Mode::fast with GDR2_CUDA_BACKWARD_KERNEL=fp32 (the
+    // fp32 program, the comparison in the same run); accurate: fp32 forward and backward.
+    struct Variant { gdr2::cuda::Mode mode; const char* name; const char* backward_kernel; };
+    for (const Variant variant : {Variant{gdr2::cuda::Mode::fast, "fast", nullptr},
+                                  Variant{gdr2::cuda::Mode::fast, "fast-fp32-backward", "fp32"},
+                                  Variant{gdr2::cuda::Mode::accurate, "accurate", nullptr}}) {
+      const gdr2::cuda::Mode mode = variant.mode;
+      const char* m = variant.name;
+      if (variant.backward_kernel) setenv("GDR2_CUDA_BACKWARD_KERNEL", variant.backward_kernel, 1);
+      else unsetenv("GDR2_CUDA_BACKWARD_KERNEL");
       gdr2::cuda::BackwardTensors x;
       x.q = d.q.ptr; x.k = d.k.ptr; x.v = d.v.ptr; x.g = d.g.as<float>(); x.b = d.b.ptr; x.w = d.w.ptr;
       x.h0 = d.state.as<float>(); x.dout = d.dout.ptr; x.dht = d.dht.as<float>();
@@ -245,8 +254,7 @@ GDR2_BENCHMARK("cuda/chunk_forward_backward", "CUDA chunk forward + backward (fa
       try {
         ms_bwd = median_ms(repeats(ctx), [&] { gdr2::cuda::chunk_backward(d.p, x, mode); });
       } catch (const std::exception& e) {  // a backward still being written must not hide the forward rows
-        gdr2_bench::Row r = row(std::string("cuda/chunk_forward_backward/") +
-                                    (mode == gdr2::cuda::Mode::fast ? "fast" : "accurate"), d, "bf16", 0, 0, "");
+        gdr2_bench::Row r = row(std::string("cuda/chunk_forward_backward/") + m, d, "bf16", 0, 0, "");
         r.seconds = r.tokens_per_second = r.gb_per_second = r.floor_fraction = 0;
         r.note = std::string("not run: ") + e.what();
         ctx.report(r);
@@ -256,7 +264,6 @@ GDR2_BENCHMARK("cuda/chunk_forward_backward", "CUDA chunk forward + backward (fa
         gdr2::cuda::chunk_forward(d.p, f, mode);
         gdr2::cuda::chunk_backward(d.p, x, mode);
       });
-      const char* m = mode == gdr2::cuda::Mode::fast ? "fast" : "accurate";
       // Forward bytes + backward: reads q, k, v, b, w, dout (bf16), g, h0, dht; writes 6 grads + dg, dh0.
       const double n = double(s.B) * s.T * 16 * 128;
       const double bytes = d.forward_bytes() + n * (6 * 2 + 4 + 5 * 2 + 4 + 2) + 3.0 * s.B * 16 * 128 * 128 * 4;
@@ -264,6 +271,7 @@ GDR2_BENCHMARK("cuda/chunk_forward_backward", "CUDA chunk forward + backward (fa
                      "backward alone " + std::to_string(ms_bwd).substr(0, 6) + " ms" +
                          (s.B == 4 ? "; target <= 6.8 ms (goal 4.5)" : "")));
     }
+    unsetenv("GDR2_CUDA_BACKWARD_KERNEL");
   }
 }
 #endif

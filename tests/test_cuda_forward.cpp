@@ -31,21 +31,6 @@ void expect_matches(const gdr2::Batch<double>& batch, DType t, Kernel kernel, co
   EXPECT_TRUE(c.passes()) << what << " [" << kernel_label(kernel) << ", " << dtype_label(t) << "]: " << c.describe();
 }
 
-// Sets (value) or unsets (nullptr) an environment variable for a scope, restoring the old value.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
-    if (value) setenv(name, value, 1); else unsetenv(name);
-  }
-  ~ScopedEnv() { if (had_) setenv(name_.c_str(), old_.c_str(), 1); else unsetenv(name_.c_str()); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::string name_, old_;
-  bool had_ = false;
-};
 
 // ---- accuracy on the ecosystem layout ------------------------------------------------------------------
 

@@ -24,18 +24,24 @@
 //               The prep store could be dropped by recomputing it in B and C too, at 2x their work.
 //   accumulators  dq, dk, db in fp32 [B*T, H, K] (the outputs themselves when dtype is f32); dg is fp32.
 //
-// Modes: `accurate` and `fast` run the same fp32 FFMA program (the tensor-core path exists only in the
-// forward, chunk_forward_tc.cu); both meet the accurate mode's error bound.
+// Modes: `accurate` runs this fp32 FFMA program, and so does `fast` on fp32 inputs or other shapes; `fast` on
+// bf16 / f16 inputs with 16 <= K <= 128, V <= 128 runs the tensor-core backward (chunk_backward_tc.cu: the same
+// four phases on bf16 tensor-core operands, judged by gdr2-verify's bf16 contract).
+// GDR2_CUDA_BACKWARD_KERNEL=fp32|tc forces one.
 //
 // The same block program runs on the host (chunk_backward_host_emulation, f32 only), which lets the
 // backward's mathematics be tested without a GPU; the GPU tests compare the device against the same oracle.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <initializer_list>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "chunk_backward_emulation.cuh"
+#include "chunk_backward_tc.cuh"
 #include "chunk_backward_program.cuh"
 #include "common.cuh"
 
@@ -105,6 +111,19 @@ __global__ void store_kernel(const float* __restrict__ src, T* __restrict__ dst,
     bwd::store(dst + i, src[i]);
 }
 
+// Converts fp32 gradient accumulators to the output dtype (bf16 / f16).
+void store_gradients(DType dtype, std::initializer_list<std::pair<const float*, void*>> outs, std::size_t count,
+                     cudaStream_t stream, const char* who) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int blocks = static_cast<int>(std::min<std::size_t>((count + 255) / 256, 4096));
+    for (const auto& [src, dst] : outs) {
+      store_kernel<T><<<blocks, 256, 0, stream>>>(src, static_cast<T*>(dst), count);
+      check_launch(who, "store_kernel (fp32 gradient -> dtype)");
+    }
+  });
+}
+
 // First chunk of each sequence in the chunk-start state store: prefix sums of ceil(len_n / 64).
 std::vector<std::int64_t> chunk_offsets(const Problem& p, int N, const char* who) {
   std::vector<std::int64_t> offsets(static_cast<std::size_t>(N) + 1, 0);
@@ -156,8 +175,35 @@ void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaS
     }
     return;
   }
-  const std::vector<std::int64_t> offsets = chunk_offsets(p, N, who);
+  // Mode::fast on bf16 / f16 inputs with 16 <= K <= 128, V <= 128 runs on tensor cores (chunk_backward_tc.cu).
+  // GDR2_CUDA_BACKWARD_KERNEL=fp32|tc forces one (the benchmark compares them in the same run).
+  bool tensor_core = mode == Mode::fast && tensor_core_backward_eligible(p);
+  if (const char* forced = std::getenv("GDR2_CUDA_BACKWARD_KERNEL")) {
+    const std::string f = forced;
+    if (f != "fp32" && f != "tc") fail(who, ": GDR2_CUDA_BACKWARD_KERNEL must be fp32 or tc, got '", f, "'");
+    if (f == "tc" && !tensor_core_backward_eligible(p))
+      fail(who, ": GDR2_CUDA_BACKWARD_KERNEL=tc needs bf16 or f16 inputs with 16 <= K <= 128 and V <= 128 (got ",
+           dtype_name(p.dtype), ", K = ", p.K, ", V = ", p.V, ")");
+    tensor_core = f == "tc";
+  }
   const std::size_t key_count = static_cast<std::size_t>(tokens) * p.H * p.K;
+  if (tensor_core && p.HV == p.H) {  // every gradient element is written once: no accumulators
+    tensor_core_backward(p, x, N, checked.scale, nullptr, nullptr, nullptr, stream, who);
+    return;
+  }
+  if (tensor_core) {
+    // fp32 accumulators for dq, dk, db (summed over the value heads of a group), then stored in dtype.
+    Workspace acc(3 * key_count, stream, who);
+    float* dq = acc.get();
+    float* dk = dq + key_count;
+    float* db = dk + key_count;
+    for (float* z : {dq, dk, db, x.dg})
+      check(cudaMemsetAsync(z, 0, key_count * sizeof(float), stream), who, "cudaMemsetAsync(gradient accumulator)");
+    tensor_core_backward(p, x, N, checked.scale, dq, dk, db, stream, who);
+    store_gradients(p.dtype, {{dq, x.dq}, {dk, x.dk}, {db, x.db}}, key_count, stream, who);
+    return;
+  }
+  const std::vector<std::int64_t> offsets = chunk_offsets(p, N, who);
   int sms = 132, device = 0;
   check(cudaGetDevice(&device), who, "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), who, "cudaDeviceGetAttribute(SM count)");
@@ -227,15 +273,8 @@ void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaS
       gradients_kernel<T><<<chunk_workers, kThreads, 0, stream>>>(a, stride, chunk_items);
       check_launch(who, "gradients_kernel (phase D)");
     }
-    if constexpr (!std::is_same_v<T, float>) {
-      const int blocks = static_cast<int>(std::min<std::size_t>((key_count + 255) / 256, 4096));
-      const std::pair<float*, void*> outs[] = {{dq, x.dq}, {dk, x.dk}, {db, x.db}};
-      for (const auto& [src, dst] : outs) {
-        store_kernel<T><<<blocks, 256, 0, stream>>>(src, static_cast<T*>(dst), key_count);
-        check_launch(who, "store_kernel (fp32 gradient -> dtype)");
-      }
-    }
   });
+  if (!f32) store_gradients(p.dtype, {{dq, x.dq}, {dk, x.dk}, {db, x.db}}, key_count, stream, who);
 }
 
 namespace detail {

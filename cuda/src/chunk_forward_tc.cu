@@ -20,86 +20,20 @@
 // K=V=128 that is ~0.3 GB (the fp32 path: ~0.74 GB).
 // Precision: each product operand is rounded to bf16 (unit roundoff 2^-9) once, accumulations are fp32.
 // Eligible: bf16 / f16 inputs with K <= 128 (chunk_forward falls back to the fp32 kernels otherwise).
-#include <mma.h>
-#include <cuda_pipeline.h>
-
 #include <cstdlib>
 
 #include "chunk_forward_tc.cuh"
+#include "tensor_core_common.cuh"
 
 namespace gdr2::cuda::detail {
 namespace {
-namespace wmma = nvcuda::wmma;
-using bf16 = __nv_bfloat16;
+using namespace tc;
 
-constexpr int kC = 64;           // chunk
-constexpr int kThreads = 256;    // 8 warps
-constexpr int kWarps = kThreads / 32;
-constexpr int kKMax = 128;       // largest K of the tensor-core path
 constexpr int kDT = 32;          // prepare: channels per d tile
 constexpr int kDS = kDT + 1;     // fp32 d-tile row stride (no bank conflicts)
 constexpr int kDB = kDT + 8;     // bf16 operand row stride (WMMA ldm: multiple of 8 bf16)
-constexpr int kEB = kKMax + 8;   // row stride of a 64 x K bf16 tile (Ebar; the state kernel's X)
-constexpr int kSS = kC + 4;      // row stride of the fp32 64 x 64 matrices (Aqk, T, A)
-constexpr int kAB = kC + 8;      // row stride of bf16 64 x 64 matrices (A, Aqk)
 constexpr int kZT = 64;          // U: value columns per tile
 constexpr int kZB = kZT + 8;
-constexpr int kStage = 20;       // per-warp 16 x 16 fp32 staging tile, row stride
-
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
-using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
-// 2^x in one MUFU instruction (relative error ~2^-22; 2^-inf = 0). The prepare kernel keeps G in units of
-// log2(e) (G2 = G log2 e), so exp(G_r - G_s) = exp2(G2_r - G2_s).
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-constexpr float kLog2e = 1.4426950408889634f;
-
-__host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
-
-struct Slot {
-  int n;            // sequence
-  std::int64_t t0;  // first token (flattened B*T axis)
-  int len;          // tokens in the chunk, 1..64; 0 = no chunk for this slot
-};
-
-// Slot -> (sequence, chunk); slots are numbered sequence by sequence (slot = chunks before n + chunk).
-__device__ Slot find_slot(const std::int32_t* cu_seqlens, int N, int T, int slot) {
-  if (cu_seqlens == nullptr) {
-    const int per_seq = (T + kC - 1) / kC;
-    const int n = slot / per_seq, c = slot % per_seq;
-    return {n, static_cast<std::int64_t>(n) * T + static_cast<std::int64_t>(c) * kC, min(kC, T - c * kC)};
-  }
-  int first = 0;
-  for (int n = 0; n < N; ++n) {
-    const int bos = cu_seqlens[n], eos = cu_seqlens[n + 1];
-    const int chunks = (eos - bos + kC - 1) / kC;
-    if (slot < first + chunks) {
-      const int c = slot - first;
-      return {n, bos + static_cast<std::int64_t>(c) * kC, min(kC, eos - bos - c * kC)};
-    }
-    first += chunks;
-  }
-  return {0, 0, 0};
-}
-
-// Stores a 16 x 16 fp32 tile (staged in shared memory, row stride kStage) as bf16 rows of global memory:
-// row i goes to dst(i) unless i >= rows; each lane writes 8 consecutive values (one 16-byte store).
-template <class RowPtr>
-__device__ __forceinline__ void store_tile_bf16(const float* stage, int rows, RowPtr dst, int lane) {
-  const int i = lane >> 1, j0 = (lane & 1) * 8;
-  if (i >= rows) return;
-  alignas(16) bf16 packed[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) packed[j] = __float2bfloat16_rn(stage[i * kStage + j0 + j]);
-  *reinterpret_cast<uint4*>(dst(i) + j0) = *reinterpret_cast<const uint4*>(packed);
-}
 
 // ---- shared-memory layout of the prepare kernel (bytes) ----------------------------------------------
 // d-tile phase: G, q, k, e (fp32 64 x 33 each) and the prescaled bf16 operands Qs, Es (rows 16..63) and
@@ -118,10 +52,6 @@ static_assert(kC * kZB * 2 <= kOffT, "the Z tile must fit where Aqk / A was");
 constexpr int kOffEbar = kRegion1;                            // bf16 [64][136], persistent
 constexpr std::size_t kPrepareShared = kOffEbar + kC * kEB * 2;  // 66560
 
-__device__ __forceinline__ int chunk_length(std::int64_t t0, std::int64_t eos) {
-  return eos - t0 < kC ? static_cast<int>(eos - t0) : kC;
-}
-
 __device__ __forceinline__ int ks_row_offset(int I) { return 8 * I * (I - 1); }  // I = 1, 2, 3 -> 0, 16, 48
 
 template <class T>
@@ -131,7 +61,7 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
                   const std::int32_t* __restrict__ cu_seqlens, int N, int T_, int H, int HV, int K, int V,
                   int KP, int VP, float scale, bf16* __restrict__ ws_aqk, bf16* __restrict__ ws_y,
                   bf16* __restrict__ ws_u, bf16* __restrict__ ws_qg, bf16* __restrict__ ws_ktail,
-                  float* __restrict__ ws_gamma_c) {
+                  float* __restrict__ ws_gamma_c, bf16* __restrict__ ws_a) {
   extern __shared__ __align__(128) unsigned char smem[];
   float* tG = reinterpret_cast<float*>(smem);
   float* tq = tG + kC * kDS;
@@ -331,7 +261,9 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   }
   for (int i = tid; i < kC * kC; i += kThreads) {
     const int r = i / kC, c = i % kC;
-    sAb[r * kAB + c] = __float2bfloat16_rn(c / 16 > r / 16 ? 0.0f : sA[r * kSS + c]);
+    const bf16 a = __float2bfloat16_rn(c / 16 > r / 16 ? 0.0f : sA[r * kSS + c]);
+    sAb[r * kAB + c] = a;
+    if (ws_a != nullptr && r < len) ws_a[key_row(r) * kC + c] = a;  // the backward's copy of A (Eq. 20)
   }
   __syncthreads();
 
@@ -406,25 +338,15 @@ struct StateLayout {  // byte offsets in dynamic shared memory (every buffer 128
   static constexpr int bytes = rb + round_up(kC * SB * 2, 128);
 };
 
-// Issues cp.async copies of a 64-row bf16 tile: row r < rows_ok from src + r * src_ld, `Pieces` 16-byte
-// pieces per row, piece p valid when p < valid_pieces; everything else is zero-filled.
-template <int Pieces>
-__device__ __forceinline__ void async_rows(bf16* dst, int ld, const bf16* src, std::int64_t src_ld, int rows_ok,
-                                           int valid_pieces, int tid) {
-#pragma unroll
-  for (int i = tid; i < kC * Pieces; i += kThreads) {
-    const int r = i / Pieces, p = i % Pieces;
-    const bool ok = r < rows_ok && p < valid_pieces;
-    __pipeline_memcpy_async(dst + r * ld + 8 * p, ok ? src + r * src_ld + 8 * p : src, 16, ok ? 0 : 16);
-  }
-}
-
-template <class T, int VT>
+// StoreStates (the backward's forward pass, phase B): no output; the chunk-start state S_c of every chunk is
+// written to `states` [slots, HV, K, V] (fp32) instead, and Qgamma is neither loaded nor used.
+template <class T, int VT, bool StoreStates = false>
 __global__ void __launch_bounds__(kThreads, 1)
 tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_t* __restrict__ cu_seqlens, int T_,
                 int H, int HV, int K, int V, int KP, int VP, const bf16* __restrict__ ws_aqk,
                 const bf16* __restrict__ ws_y, const bf16* __restrict__ ws_u, const bf16* __restrict__ ws_qg,
-                const bf16* __restrict__ ws_ktail, const float* __restrict__ ws_gamma_c) {
+                const bf16* __restrict__ ws_ktail, const float* __restrict__ ws_gamma_c, float* __restrict__ states,
+                bf16* __restrict__ r_out) {
   using L = StateLayout<VT>;
   constexpr int SF = L::SF, SB = L::SB, nv = VT / 16;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -479,8 +401,16 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     bf16* Xq = X[(ci & 1) ^ 1];  // Qgamma, later the next chunk's Y
     __pipeline_wait_prior(0);
     __syncthreads();  // Y, Aqk, U, gamma_C of this chunk are in shared memory
-    async_rows<kKMax / 8>(Xq, kEB, key_src(ws_qg, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
-    __pipeline_commit();
+    if constexpr (StoreStates) {  // S_c, the state at this chunk's start (phase B of the backward)
+      float* out = states + ((slot_base + ci) * HV + hv) * static_cast<std::size_t>(K) * V;
+      for (int i = tid; i < K * VT; i += kThreads) {
+        const int d = i / VT, c = i % VT;
+        if (c0 + c < V) out[static_cast<std::size_t>(d) * V + c0 + c] = S32[d * SF + c];
+      }
+    } else {
+      async_rows<kKMax / 8>(Xq, kEB, key_src(ws_qg, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
+      __pipeline_commit();
+    }
 
     // Eq. 23: R = U - Y S_0 (rows >= len are zero: Y and U were zero-filled there).
     for (int t = warp; t < 4 * nv; t += kWarps) {
@@ -505,11 +435,19 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     }
     __pipeline_wait_prior(0);
     __syncthreads();  // R complete, Qgamma in shared memory, Y dead
+    if constexpr (StoreStates) {  // R (bf16, as the products used it) to r_out [BT, HV, VP] for phase D
+      for (int i = tid; i < kC * (VT / 8); i += kThreads) {
+        const int r = i / (VT / 8), piece = i % (VT / 8), c = c0 + 8 * piece;
+        if (r < len && c < VP)
+          *reinterpret_cast<uint4*>(r_out + (t0 + r) * HV * static_cast<std::int64_t>(VP) + hv * VP + c) =
+              *reinterpret_cast<const uint4*>(Rb + r * SB + 8 * piece);
+      }
+    }
     async_rows<kKMax / 8>(Xy, kEB, key_src(ws_ktail, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
     __pipeline_commit();
 
     // Eq. 24: O = Qgamma S_0 + Aqk R (scale folded into both), staged in R32.
-    for (int t = warp; t < 4 * nv; t += kWarps) {
+    for (int t = warp; t < (StoreStates ? 0 : 4 * nv); t += kWarps) {
       const int rb = t / nv, cb = t % nv;
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
@@ -593,8 +531,22 @@ void launch_tc_state(const Problem& p, const ForwardTensors& x, int N, int KP, i
         "cudaFuncSetAttribute(tc_state_kernel, max dynamic shared memory)");
   const dim3 grid((p.V + VT - 1) / VT, p.HV, N);
   kernel<<<grid, kThreads, bytes, stream>>>(x.h0, static_cast<T*>(x.o), x.ht, p.cu_seqlens, p.T, p.H, p.HV, p.K, p.V,
-                                            KP, VP, ws[0], ws[1], ws[2], ws[3], ws[4], ws_gamma_c);
+                                            KP, VP, ws[0], ws[1], ws[2], ws[3], ws[4], ws_gamma_c, nullptr, nullptr);
   check_launch(who, "tc_state_kernel");
+}
+
+template <class T, int VT>
+void launch_tc_states(const Problem& p, const float* h0, int N, const PrepareWorkspace& w, float* states,
+                      bf16* r_out, cudaStream_t stream, const char* who) {
+  constexpr int bytes = StateLayout<VT>::bytes;
+  auto kernel = tc_state_kernel<T, VT, true>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), who,
+        "cudaFuncSetAttribute(tc_state_kernel<store states>, max dynamic shared memory)");
+  const dim3 grid((p.V + VT - 1) / VT, p.HV, N);
+  kernel<<<grid, kThreads, bytes, stream>>>(h0, nullptr, nullptr, p.cu_seqlens, p.T, p.H, p.HV, p.K, p.V,
+                                            round_up(p.K, 16), round_up(p.V, 16), w.aqk, w.y, w.u, w.qg, w.ktail,
+                                            w.gamma_c, states, r_out);
+  check_launch(who, "tc_state_kernel<store states>");
 }
 
 }  // namespace
@@ -605,35 +557,57 @@ void chunk_forward_tensor_core(const Problem& p, const ForwardTensors& x, const 
                                cudaStream_t stream, const char* who) {
   const int KP = round_up(p.K, 16), VP = round_up(p.V, 16);
   const std::int64_t tokens = static_cast<std::int64_t>(p.B) * p.T;
-  const int slots = p.cu_seqlens ? (p.T + kC - 1) / kC + checked.N : checked.N * ((p.T + kC - 1) / kC);
+  const int slots = slot_count(p, checked.N);
   const std::size_t aqk = static_cast<std::size_t>(tokens) * p.H * kC;
   const std::size_t key = static_cast<std::size_t>(tokens) * p.H * KP;
   const std::size_t val = static_cast<std::size_t>(tokens) * p.HV * VP;
   const std::size_t gam = static_cast<std::size_t>(slots) * p.H * KP;
   // Every part is a multiple of 16 bytes (KP, VP are multiples of 16), so each stays 16-byte aligned.
   StreamBuffer workspace((aqk + 3 * key + val) * sizeof(bf16) + gam * sizeof(float), stream, who);
-  bf16* ws_aqk = workspace.as<bf16>();
-  bf16* ws_y = ws_aqk + aqk;
-  bf16* ws_qg = ws_y + key;
-  bf16* ws_ktail = ws_qg + key;
-  bf16* ws_u = ws_ktail + key;
-  float* ws_gamma_c = reinterpret_cast<float*>(ws_u + val);
-  const bf16* ws[5] = {ws_aqk, ws_y, ws_u, ws_qg, ws_ktail};
+  PrepareWorkspace w;
+  w.aqk = workspace.as<bf16>();
+  w.y = w.aqk + aqk;
+  w.qg = w.y + key;
+  w.ktail = w.qg + key;
+  w.u = w.ktail + key;
+  w.gamma_c = reinterpret_cast<float*>(w.u + val);
+  const bf16* ws[5] = {w.aqk, w.y, w.u, w.qg, w.ktail};
+  launch_tensor_core_prepare(p, x.q, x.k, x.v, x.g, x.b, x.w, checked.N, checked.scale, w, stream, who);
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (state_vt == 64) launch_tc_state<T, 64>(p, x, checked.N, KP, VP, ws, w.gamma_c, stream, who);
+    else if (state_vt == 32) launch_tc_state<T, 32>(p, x, checked.N, KP, VP, ws, w.gamma_c, stream, who);
+    else launch_tc_state<T, 16>(p, x, checked.N, KP, VP, ws, w.gamma_c, stream, who);
+  });
+}
 
+namespace tc {
+
+void launch_tensor_core_prepare(const Problem& p, const void* q, const void* k, const void* v, const float* g,
+                                const void* b, const void* w, int N, float scale, const PrepareWorkspace& ws,
+                                cudaStream_t stream, const char* who) {
+  const int KP = round_up(p.K, 16), VP = round_up(p.V, 16);
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto prepare = tc_prepare_kernel<T>;
     check(cudaFuncSetAttribute(prepare, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kPrepareShared)),
           who, "cudaFuncSetAttribute(tc_prepare_kernel, max dynamic shared memory)");
-    prepare<<<dim3(slots, p.H), kThreads, kPrepareShared, stream>>>(
-        static_cast<const T*>(x.q), static_cast<const T*>(x.k), static_cast<const T*>(x.v), x.g,
-        static_cast<const T*>(x.b), static_cast<const T*>(x.w), p.cu_seqlens, checked.N, p.T, p.H, p.HV, p.K, p.V,
-        KP, VP, checked.scale, ws_aqk, ws_y, ws_u, ws_qg, ws_ktail, ws_gamma_c);
+    prepare<<<dim3(slot_count(p, N), p.H), kThreads, kPrepareShared, stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), g, static_cast<const T*>(b),
+        static_cast<const T*>(w), p.cu_seqlens, N, p.T, p.H, p.HV, p.K, p.V, KP, VP, scale, ws.aqk, ws.y, ws.u,
+        ws.qg, ws.ktail, ws.gamma_c, ws.a);
     check_launch(who, "tc_prepare_kernel");
-    if (state_vt == 64) launch_tc_state<T, 64>(p, x, checked.N, KP, VP, ws, ws_gamma_c, stream, who);
-    else if (state_vt == 32) launch_tc_state<T, 32>(p, x, checked.N, KP, VP, ws, ws_gamma_c, stream, who);
-    else launch_tc_state<T, 16>(p, x, checked.N, KP, VP, ws, ws_gamma_c, stream, who);
   });
 }
 
+void launch_tensor_core_states(const Problem& p, const float* h0, int N, const PrepareWorkspace& ws, int vt,
+                               float* states, bf16* r_out, cudaStream_t stream, const char* who) {
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (vt == 32) launch_tc_states<T, 32>(p, h0, N, ws, states, r_out, stream, who);
+    else launch_tc_states<T, 16>(p, h0, N, ws, states, r_out, stream, who);
+  });
+}
+
+}  // namespace tc
 }  // namespace gdr2::cuda::detail

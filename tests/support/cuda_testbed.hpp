@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <algorithm>
@@ -188,6 +189,22 @@ std::vector<double> to_doubles(const std::vector<S>& a) {
   for (std::size_t i = 0; i < a.size(); ++i) b[i] = static_cast<double>(a[i]);
   return b;
 }
+
+// Sets (value) or unsets (nullptr) an environment variable for a scope, restoring the old value.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    if (value) setenv(name, value, 1); else unsetenv(name);
+  }
+  ~ScopedEnv() { if (had_) setenv(name_.c_str(), old_.c_str(), 1); else unsetenv(name_.c_str()); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_, old_;
+  bool had_ = false;
+};
 
 // Relative Frobenius error ||a - b|| / ||b|| of flat tensors (||a - b|| when b = 0; inf on size mismatch
 // or a non-finite entry in a).

@@ -1,9 +1,9 @@
 // The built-in CUDA kernels (cuda/include/gdr2/cuda.hpp) as targets. Compiled with GDR2V_WITH_CUDA when CMake
 // found nvcc (GDR2_HAVE_CUDA); offered at run time only when gdr2::cuda::device_available().
 //   cuda-recurrent       token-by-token forward, fp32 inputs (contract fp32); no backward
-//   cuda-chunk-fast      chunkwise forward + backward, Mode::fast, bf16 inputs (contract bf16: the forward runs
-//                        on bf16 tensor cores, the backward in fp32; --contract tf32 runs it on fp32 inputs,
-//                        for which Mode::fast runs the fp32 kernels)
+//   cuda-chunk-fast      chunkwise forward + backward, Mode::fast, bf16 inputs (contract bf16: both run on bf16
+//                        tensor cores for K, V <= 128; --contract tf32 runs it on fp32 inputs, for which
+//                        Mode::fast runs the fp32 kernels)
 //   cuda-chunk-accurate  chunkwise forward + backward, Mode::accurate, fp32 inputs (contract fp32)
 #include <algorithm>
 #include "target.hpp"

@@ -24,9 +24,9 @@ class error : public std::runtime_error {
 
 enum class DType { f32, bf16, f16 };
 // accurate: fp32-class accuracy (relative error < 1e-5 against the double reference on typical inputs).
-// fast: chunk_forward on bf16 tensor-core operands with fp32 accumulation for bf16/f16 inputs with
-// K <= 128 (relative error ~2^-9 per operand rounding); otherwise, and in chunk_backward, the fp32 kernels
-// (cuda/README.md, "Precision modes").
+// fast: bf16 tensor-core operands with fp32 accumulation (relative error ~2^-9 per operand rounding) for
+// bf16/f16 inputs, in chunk_forward with K <= 128 and in chunk_backward with K, V <= 128; otherwise the fp32
+// kernels (cuda/README.md, "Precision modes").
 enum class Mode { fast, accurate };
 
 struct Problem {

@@ -1,0 +1,879 @@
+// Gate-aware chunkwise backward on tensor cores (Mode::fast, bf16 / f16 inputs, K, V <= 128): the gradient
+// phase (phase D of chunk_backward.cu) of spec section 6, chunk C = 64, every chunk in parallel.
+//
+// Every matrix product runs on bf16 tensor-core operands with fp32 accumulation (WMMA m16n16k16); gates,
+// cumulative decays and the elementwise chain stay fp32, and the sums that cancel (the rows of dG, the
+// reverse cumulative sum into dg, the Ktail pairs) are combined in double exactly as in the fp32 program
+// (chunk_backward_program.cuh, chunk_gradients), whose formulas this file follows term by term.
+//
+// Three launches per call:
+//   1. tc_prepare_kernel (chunk_forward_tc.cu) with the extra output A: the state-free intermediates of the
+//      forward in bf16 (Aqk and Qgamma times scale, Y, Ktail, U, A, gamma_C).
+//   2. tc_state_gradients_kernel, one block per (chunk, value head): everything that needs the chunk-start
+//      state S_0 or the chunk-end state gradient dS (both fp32, from the sequential phases):
+//        R = U - Y S_0 (Eq. 23), dR = Aqk^T dO + Ktail dS, dQgamma = dO S_0^T (X), dY = -dR S_0^T,
+//        dKtail = R dS^T, dAqk = dO R^T (s <= r), dZ = A^T dR -> dw = dZ * v, dv = dZ * w,
+//        dG_last = gamma_C rowsum(dS * S_0).
+//      X, dKtail, dAqk (fp32) and dY, dR (bf16) go to a workspace; dv, dw to the outputs.
+//   3. tc_chunk_gradients_kernel, one block per (chunk, value head): the chunk-local chain
+//        dA = dR Z^T + dY Ebar^T (strictly lower), dEbar = A^T dY, dT = -tril(A^T dA A^T, -1),
+//      then, per tile of 32 key channels, the gated score VJPs
+//        P = (dT o D) K, Pq = (dAqk o D) K, Q = (dT o D)^T E, Qk = (dAqk o D)^T Q,  D_rs = exp(G_r - G_s),
+//      with the 16 x 16 blocks off the diagonal on tensor cores from rows prescaled by two factors that are
+//      both <= 1 (pivot: the first row of r's block for P, the first row after s's block for Q), the
+//      diagonal blocks in FFMA with the exact decay, and the elementwise rest of section 6 into dq, dk, db
+//      (fp32 atomics: the value heads of a group add into the key head) and dg (reverse cumulative sum).
+//      exp(-G) alone and exp of a positive argument are never formed (g = -50 per token underflows to 0).
+// Workspace (per call, stream-ordered): the prepare's (~0.35 GB at B=4, T=4096, H=HV=16, K=V=128) and
+// X, dKtail fp32 [BT, HV, KP], dY bf16 [BT, HV, KP], dR bf16 [BT, HV, VP], dAqk fp32 [BT, HV, 64],
+// dG_last fp32 [chunks, HV, KP] (~0.45 GB at that shape).
+// Precision: each product operand is rounded to bf16 once (unit roundoff 2^-9); the contract is gdr2-verify's
+// bf16 one (error within 8 x that of the reference run in bfloat16).
+#include <type_traits>
+
+#include "chunk_backward_tc.cuh"
+#include "tensor_core_common.cuh"
+
+namespace gdr2::cuda::detail {
+namespace {
+using namespace tc;
+
+constexpr int kVMax = 128;                 // largest V of the tensor-core backward
+constexpr int kGS = kKMax + 1;             // row stride of the fp32 G [64][129] (log2 units)
+constexpr int kDT = 32;                    // key channels per tile of the score VJPs
+constexpr int kTS = kDT + 4;               // fp32 [64][36] tile row stride (WMMA: multiple of 4)
+constexpr int kDB = kDT + 8;               // bf16 [96][40] prescaled operand row stride
+constexpr int kRow = kC * kEB * 2;         // bf16 [64][136]: 17408
+constexpr int kSq = kC * kAB * 2;          // bf16 [64][72]: 9216
+constexpr int kSqF = kC * kSS * 4;         // fp32 [64][68]: 17408
+constexpr int kStageBytes = kWarps * 16 * kStage * 4;  // 10240
+constexpr int kTileF = kC * kTS * 4;       // fp32 [64][36]: 9216
+constexpr int kPre = 96 * kDB * 2;         // bf16 [96][40]: 7680
+
+// What the state-gradient kernel leaves for the chunk-gradient kernel. Rows are tokens (flattened B*T).
+struct StateGradients {
+  float* x = nullptr;       // [BT, HV, KP]  dQgamma = scale dO S_0^T (of the unscaled Qgamma)
+  float* dkt = nullptr;     // [BT, HV, KP]  dKtail = R dS^T
+  bf16* dy = nullptr;       // [BT, HV, KP]  dY = -dR S_0^T
+  bf16* r = nullptr;        // [BT, HV, VP]  R = U - Y S_0 (written by phase B)
+  bf16* dr = nullptr;       // [BT, HV, VP]  dR = Aqk^T dO + Ktail dS (written by phase C)
+  float* daqk = nullptr;    // [BT, HV, 64]  dAqk = scale dO R^T on s <= r, zero above
+  float* dglast = nullptr;  // [chunks, HV, KP] gamma_C rowsum(dS * S_0)
+};
+
+// Stores a 16 x 16 fp32 tile staged with row stride kStage, times `factor`, to fp32 rows of global memory
+// (row i to dst(i), 16 floats; rows >= rows skipped): lane -> row lane / 2, 8 floats as two 16-byte stores.
+template <class RowPtr>
+__device__ __forceinline__ void store_tile_f32(const float* stage, float factor, int rows, RowPtr dst, int lane) {
+  const int i = lane >> 1, j0 = (lane & 1) * 8;
+  if (i >= rows) return;
+  const float* src = stage + i * kStage + j0;
+  float* out = dst(i) + j0;
+  reinterpret_cast<float4*>(out)[0] = make_float4(factor * src[0], factor * src[1], factor * src[2], factor * src[3]);
+  reinterpret_cast<float4*>(out)[1] = make_float4(factor * src[4], factor * src[5], factor * src[6], factor * src[7]);
+}
+
+// ---- phase D, kernel 1: the products with S_0 and dS ------------------------------------------------------------
+// One block per (chunk, value head, part of the key rows): R and dR come from phases B and C (bf16, as their
+// products used them); S_0 and dS (fp32) become bf16 operands here. With K split in two parts (KP % 32 == 0,
+// KP > 64) a block holds 64 key rows and two blocks fit an SM.
+struct StateGradLayout {  // byte offsets in dynamic shared memory; `rows` key rows of S_0 and dS per block
+  int s0, ds, dout, r, dr, a, stage, bytes;
+  __host__ __device__ explicit StateGradLayout(int rows) {
+    s0 = 0;                          // S_0 bf16 [rows][136]
+    ds = s0 + rows * kEB * 2;        // dS  bf16 [rows][136]
+    dout = ds + rows * kEB * 2;      // dO  bf16 [64][136] (unscaled; scale is applied to X and dAqk)
+    r = dout + kRow;                 // R   bf16 [64][136]
+    dr = r + kRow;                   // dR  bf16 [64][136]
+    a = dr + kRow;                   // A   bf16 [64][72]
+    stage = a + kSq;                 // per-warp fp32 [16][20]
+    bytes = stage + kStageBytes;     // rows = 64: 106496 (two blocks per SM); rows = 128: 141312
+  }
+};
+
+template <class T>
+__global__ void __launch_bounds__(kThreads, 2)
+tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, const T* __restrict__ w,
+                          T* __restrict__ dv, T* __restrict__ dw, const float* __restrict__ states,
+                          const float* __restrict__ dstates, const std::int32_t* __restrict__ cu_seqlens, int N,
+                          int T_, int H, int HV, int K, int V, int KP, int VP, float scale, PrepareWorkspace pw,
+                          StateGradients sg) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int rows = KP / gridDim.z, d_begin = rows * blockIdx.z;  // this block's key rows [d_begin, d_begin + rows)
+  const bool first_part = blockIdx.z == 0;                        // also computes dAqk and dZ (dv, dw)
+  const StateGradLayout L(rows);
+  bf16* S0b = reinterpret_cast<bf16*>(smem + L.s0);
+  bf16* dSb = reinterpret_cast<bf16*>(smem + L.ds);
+  bf16* dOb = reinterpret_cast<bf16*>(smem + L.dout);
+  bf16* Rb = reinterpret_cast<bf16*>(smem + L.r);
+  bf16* dRb = reinterpret_cast<bf16*>(smem + L.dr);
+  bf16* Ab = reinterpret_cast<bf16*>(smem + L.a);
+
+  __shared__ Slot slot_shared;
+  if (threadIdx.x == 0) slot_shared = find_slot(cu_seqlens, N, T_, blockIdx.x);
+  __syncthreads();
+  const Slot chunk = slot_shared;
+  if (chunk.len <= 0) return;
+  const int hv = blockIdx.y, h = hv / (HV / H), tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int len = chunk.len, nk = rows / 16, nv = VP / 16;
+  const std::int64_t slot = blockIdx.x, t0 = chunk.t0;
+  float* stage = reinterpret_cast<float*>(smem + L.stage) + warp * 16 * kStage;
+  auto key_row = [&](int r) { return (t0 + r) * H + h; };    // row of a [BT, H, .] tensor
+  auto val_row = [&](int r) { return (t0 + r) * HV + hv; };  // row of a [BT, HV, .] tensor
+
+  async_rows<kVMax / 8>(Rb, kEB, sg.r + val_row(0) * VP, std::int64_t(HV) * VP, len, VP / 8, tid);
+  async_rows<kVMax / 8>(dRb, kEB, sg.dr + val_row(0) * VP, std::int64_t(HV) * VP, len, VP / 8, tid);
+  async_rows<kC / 8>(Ab, kAB, pw.a + key_row(0) * kC, std::int64_t(H) * kC, len, kC / 8, tid);
+  __pipeline_commit();
+  // This block's rows of S_0 and dS (fp32 -> bf16 operands) and dG_last = gamma_C rowsum(dS * S_0) in fp32:
+  // a warp per key row, four rows at a time with all 32 loads of a lane issued before their first use.
+  const float* S0g = states + (static_cast<std::size_t>(slot) * HV + hv) * K * V;
+  const float* dSg = dstates + (static_cast<std::size_t>(slot) * HV + hv) * K * V;
+  for (int base = 0; base < rows; base += 4 * kWarps) {
+    float s[4][4], ds[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int d = d_begin + base + warp + kWarps * i;
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        const int j = lane + 32 * m;
+        const bool ok = d < K && j < V;
+        s[i][m] = ok ? S0g[d * V + j] : 0.0f;
+        ds[i][m] = ok ? dSg[d * V + j] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = base + warp + kWarps * i, d = d_begin + row;
+      if (row >= rows) break;
+      float acc = 0.0f;
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        const int j = lane + 32 * m;
+        acc = fmaf(ds[i][m], s[i][m], acc);
+        S0b[row * kEB + j] = __float2bfloat16_rn(s[i][m]);
+        dSb[row * kEB + j] = __float2bfloat16_rn(ds[i][m]);
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (lane == 0) sg.dglast[(slot * HV + hv) * KP + d] = d < K ? pw.gamma_c[(slot * H + h) * KP + d] * acc : 0.0f;
+    }
+  }
+#pragma unroll 8
+  for (int i = tid; i < kC * kVMax; i += kThreads) {
+    const int r = i / kVMax, j = i % kVMax;
+    dOb[r * kEB + j] = __float2bfloat16_rn(r < len && j < V ? to_float(dout[val_row(r) * V + j]) : 0.0f);
+  }
+  __pipeline_wait_prior(0);
+  __syncthreads();
+
+  // X = dQgamma = scale dO S_0^T, dY = -dR S_0^T, dKtail = R dS^T (64 x rows, reductions over V).
+  for (int t = warp; t < 4 * nk; t += kWarps) {
+    const int rb = t / nk, cb = t % nk;
+    FragC acc_x, acc_y, acc_k;
+    wmma::fill_fragment(acc_x, 0.0f);
+    wmma::fill_fragment(acc_y, 0.0f);
+    wmma::fill_fragment(acc_k, 0.0f);
+    for (int kb = 0; kb < nv; ++kb) {
+      FragA o, dr, r;
+      FragBT s0t, dst;  // (j, d) = S_0[d][j], dS[d][j]
+      wmma::load_matrix_sync(s0t, S0b + 16 * cb * kEB + 16 * kb, kEB);
+      wmma::load_matrix_sync(dst, dSb + 16 * cb * kEB + 16 * kb, kEB);
+      wmma::load_matrix_sync(o, dOb + 16 * rb * kEB + 16 * kb, kEB);
+      wmma::load_matrix_sync(dr, dRb + 16 * rb * kEB + 16 * kb, kEB);
+      wmma::load_matrix_sync(r, Rb + 16 * rb * kEB + 16 * kb, kEB);
+      wmma::mma_sync(acc_x, o, s0t, acc_x);
+      wmma::mma_sync(acc_y, dr, s0t, acc_y);
+      wmma::mma_sync(acc_k, r, dst, acc_k);
+    }
+    const int rows_left = len - 16 * rb;
+    auto key_out = [&](auto* base) {
+      return [=](int i) { return base + val_row(16 * rb + i) * KP + d_begin + 16 * cb; };
+    };
+    wmma::store_matrix_sync(stage, acc_x, kStage, wmma::mem_row_major);
+    __syncwarp();
+    store_tile_f32(stage, scale, rows_left, key_out(sg.x), lane);
+    __syncwarp();
+    wmma::store_matrix_sync(stage, acc_k, kStage, wmma::mem_row_major);
+    __syncwarp();
+    store_tile_f32(stage, 1.0f, rows_left, key_out(sg.dkt), lane);
+    __syncwarp();
+    for (int i = 0; i < acc_y.num_elements; ++i) acc_y.x[i] = -acc_y.x[i];
+    wmma::store_matrix_sync(stage, acc_y, kStage, wmma::mem_row_major);
+    __syncwarp();
+    store_tile_bf16(stage, rows_left, key_out(sg.dy), lane);
+    __syncwarp();
+  }
+  if (!first_part) return;
+  // dAqk = scale dO R^T on s <= r (blocks above the diagonal: zeros).
+  for (int t = warp; t < 16; t += kWarps) {
+    const int rb = t / 4, cb = t % 4;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+    if (cb <= rb) {
+      for (int kb = 0; kb < nv; ++kb) {
+        FragA o;
+        FragBT rt;  // (j, s) = R[s][j]
+        wmma::load_matrix_sync(o, dOb + 16 * rb * kEB + 16 * kb, kEB);
+        wmma::load_matrix_sync(rt, Rb + 16 * cb * kEB + 16 * kb, kEB);
+        wmma::mma_sync(acc, o, rt, acc);
+      }
+    }
+    wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+      const int i = e >> 4, j = e & 15, r = 16 * rb + i, s = 16 * cb + j;
+      if (r < len) sg.daqk[val_row(r) * kC + s] = s <= r ? scale * stage[i * kStage + j] : 0.0f;
+    }
+    __syncwarp();
+  }
+  // dZ = A^T dU = A^T dR (A lower triangular: (A^T)_{r, r2} needs r2 >= r); dw = dZ * v, dv = dZ * w.
+  for (int t = warp; t < 4 * nv; t += kWarps) {
+    const int rb = t / nv, cb = t % nv;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kb = rb; kb < 4; ++kb) {
+      FragAT a;
+      FragB dr;
+      wmma::load_matrix_sync(a, Ab + 16 * kb * kAB + 16 * rb, kAB);
+      wmma::load_matrix_sync(dr, dRb + 16 * kb * kEB + 16 * cb, kEB);
+      wmma::mma_sync(acc, a, dr, acc);
+    }
+    wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+      const int r = 16 * rb + (e >> 4), c = 16 * cb + (e & 15);
+      if (r < len && c < V) {
+        const std::int64_t at = val_row(r) * V + c;
+        const float dz = stage[(e >> 4) * kStage + (e & 15)];
+        dw[at] = from_float<T>(dz * to_float(v[at]));
+        dv[at] = from_float<T>(dz * to_float(w[at]));
+      }
+    }
+    __syncwarp();
+  }
+}
+
+// Where the chunk-gradient kernel puts dq, dk, db and dg. With one value head per key head every element is
+// written by exactly one block: stored directly (dq, dk, db in the input dtype). With grouped value heads the
+// blocks of a group add into fp32 accumulators (zeroed before, converted to the dtype after).
+template <class T>
+struct KeyGradients {
+  bool direct;
+  T *dq, *dk, *db;                    // outputs (direct)
+  float *dq_acc, *dk_acc, *db_acc;    // fp32 accumulators (grouped)
+  float* dg;                          // fp32 output (accumulated when grouped)
+  __device__ __forceinline__ void put(std::int64_t at, float q, float k, float b) const {
+    if (direct) {
+      dq[at] = from_float<T>(q);
+      dk[at] = from_float<T>(k);
+      db[at] = from_float<T>(b);
+    } else {
+      atomicAdd(dq_acc + at, q);
+      atomicAdd(dk_acc + at, k);
+      atomicAdd(db_acc + at, b);
+    }
+  }
+  __device__ __forceinline__ void put_dg(std::int64_t at, float x) const {
+    if (direct) dg[at] = x;
+    else atomicAdd(dg + at, x);
+  }
+};
+
+// ---- kernel 3: the chunk-local chain and the gated score VJPs ------------------------------------------------
+namespace chunk_layout {  // byte offsets in dynamic shared memory
+constexpr int kDiag = kC * 17 * 4;         // fp32 diagonal 16 x 16 blocks [64][17]: row r, column s - 16 (r / 16)
+constexpr int g = 0;                       // G fp32 [64][129], units of log2(e)
+constexpr int dy = g + kC * kGS * 4;       // dY bf16 [64][136]
+constexpr int a = dy + kRow;               // A bf16 [64][72]
+constexpr int dtb = a + kSq;               // dT bf16 [64][72]
+constexpr int daqkb = dtb + kSq;           // dAqk bf16 [64][72]
+constexpr int dtd = daqkb + kSq;           // dT, diagonal blocks fp32
+constexpr int daqkd = dtd + round_up(kDiag, 128);  // dAqk, diagonal blocks fp32
+constexpr int stage = daqkd + round_up(kDiag, 128);  // per-warp fp32 [16][20]
+constexpr int region = stage + kStageBytes;
+// Region, first use: Ebar, Z, dR bf16 [64][136], dA fp32 [64][68], dA and M bf16 [64][72].
+constexpr int ebar = region, z = ebar + kRow, dr = z + kRow, da = dr + kRow, dab = da + kSqF, m = dab + kSq;
+constexpr int end1 = m + kSq;
+// Region, per key tile: q, k, e, b, dQgamma, dKtail fp32 [64][36]; Ks, Es, Qs bf16 [96][40];
+// P, Pq, Q, Qk, dEbar fp32 [64][36].
+constexpr int tq = region, tk = tq + kTileF, te = tk + kTileF, tb = te + kTileF, tx = tb + kTileF, tdkt = tx + kTileF;
+constexpr int ks = tdkt + kTileF, es = ks + kPre, qs = es + kPre;
+constexpr int p = qs + kPre, pq = p + kTileF, q = pq + kTileF, qk = q + kTileF, debar = qk + kTileF;
+constexpr int end2 = debar + kTileF;
+constexpr int bytes = end1 > end2 ? end1 : end2;  // 221440
+}  // namespace chunk_layout
+
+// Row offsets of the prescaled operands (96 rows each):
+//   Ks_I (I = 1, 2, 3): rows s < 16 I,           k_s exp(G_16I - G_s)        at 0, 16, 48
+//   Es_J, Qs_J (J = 0, 1, 2): rows r >= 16 (J + 1), e_r (q_r) exp(G_r - G_16(J+1))  at 0, 48, 80
+__device__ __forceinline__ int ks_row_offset(int I) { return 8 * I * (I - 1); }
+__device__ __forceinline__ int es_row_offset(int J) { return J == 0 ? 0 : J == 1 ? 48 : 80; }
+
+template <class T>
+__global__ void __launch_bounds__(kThreads, 1)
+tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                          const float* __restrict__ g, const T* __restrict__ b, const T* __restrict__ w,
+                          const std::int32_t* __restrict__ cu_seqlens, int N, int T_, int H, int HV, int K, int V,
+                          int KP, int VP, PrepareWorkspace pw, StateGradients sg, KeyGradients<T> out) {
+  namespace L = chunk_layout;
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* G = reinterpret_cast<float*>(smem + L::g);
+  bf16* dYb = reinterpret_cast<bf16*>(smem + L::dy);
+  bf16* Ab = reinterpret_cast<bf16*>(smem + L::a);
+  bf16* dTb = reinterpret_cast<bf16*>(smem + L::dtb);
+  bf16* dAqkb = reinterpret_cast<bf16*>(smem + L::daqkb);
+  float* dTd = reinterpret_cast<float*>(smem + L::dtd);      // dT_rs, s in r's block: dTd[r * 17 + s % 16]
+  float* dAqkd = reinterpret_cast<float*>(smem + L::daqkd);  // dAqk_rs likewise
+  bf16* Eb = reinterpret_cast<bf16*>(smem + L::ebar);
+  bf16* Zb = reinterpret_cast<bf16*>(smem + L::z);
+  bf16* dRb = reinterpret_cast<bf16*>(smem + L::dr);
+  float* sdA = reinterpret_cast<float*>(smem + L::da);
+  bf16* dAb = reinterpret_cast<bf16*>(smem + L::dab);
+  bf16* Mb = reinterpret_cast<bf16*>(smem + L::m);
+  float* tq = reinterpret_cast<float*>(smem + L::tq);
+  float* tk = reinterpret_cast<float*>(smem + L::tk);
+  float* te = reinterpret_cast<float*>(smem + L::te);
+  float* tb = reinterpret_cast<float*>(smem + L::tb);
+  float* tX = reinterpret_cast<float*>(smem + L::tx);
+  float* tdKt = reinterpret_cast<float*>(smem + L::tdkt);
+  bf16* Ks = reinterpret_cast<bf16*>(smem + L::ks);
+  bf16* Es = reinterpret_cast<bf16*>(smem + L::es);
+  bf16* Qs = reinterpret_cast<bf16*>(smem + L::qs);
+  float* sP = reinterpret_cast<float*>(smem + L::p);
+  float* sPq = reinterpret_cast<float*>(smem + L::pq);
+  float* sQ = reinterpret_cast<float*>(smem + L::q);
+  float* sQk = reinterpret_cast<float*>(smem + L::qk);
+  float* sdE = reinterpret_cast<float*>(smem + L::debar);
+
+  __shared__ Slot slot_shared;
+  if (threadIdx.x == 0) slot_shared = find_slot(cu_seqlens, N, T_, blockIdx.x);
+  __syncthreads();
+  const Slot chunk = slot_shared;
+  if (chunk.len <= 0) return;
+  const int hv = blockIdx.y, h = hv / (HV / H), tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int len = chunk.len, last = len - 1, nk = KP / 16, nv = VP / 16;
+  const std::int64_t slot = blockIdx.x, t0 = chunk.t0;
+  float* stage = reinterpret_cast<float*>(smem + L::stage) + warp * 16 * kStage;
+  auto key_row = [&](int r) { return (t0 + r) * H + h; };
+  auto val_row = [&](int r) { return (t0 + r) * HV + hv; };
+
+  async_rows<kKMax / 8>(dYb, kEB, sg.dy + val_row(0) * KP, std::int64_t(HV) * KP, len, KP / 8, tid);
+  async_rows<kVMax / 8>(dRb, kEB, sg.dr + val_row(0) * VP, std::int64_t(HV) * VP, len, VP / 8, tid);
+  async_rows<kC / 8>(Ab, kAB, pw.a + key_row(0) * kC, std::int64_t(H) * kC, len, kC / 8, tid);
+  __pipeline_commit();
+  // Global loads in unrolled loops (many in flight per thread: one block per SM hides little latency).
+#pragma unroll 8
+  for (int i = tid; i < kC * kKMax; i += kThreads) {
+    const int r = i / kKMax, d = i % kKMax;
+    G[r * kGS + d] = r < len && d < K ? g[key_row(r) * K + d] : 0.0f;
+  }
+#pragma unroll 8
+  for (int i = tid; i < kC * kVMax; i += kThreads) {  // Z = W * V (the prepare kernel's rounding)
+    const int r = i / kVMax, j = i % kVMax;
+    const bool ok = r < len && j < V;
+    const std::int64_t at = val_row(r) * V + j;
+    Zb[r * kEB + j] = __float2bfloat16_rn(ok ? to_float(w[at]) * to_float(v[at]) : 0.0f);
+  }
+#pragma unroll 8
+  for (int i = tid; i < kC * kC; i += kThreads) {
+    const int r = i / kC, s = i % kC;
+    const float x = r < len ? sg.daqk[val_row(r) * kC + s] : 0.0f;
+    if ((s >> 4) == (r >> 4)) dAqkd[r * 17 + (s & 15)] = x;
+    dAqkb[r * kAB + s] = __float2bfloat16_rn(x);
+  }
+  __syncthreads();
+  // Eq. 18: G_r = sum_{i<=r} g_i per channel, in units of log2(e): the prepare kernel's fp32 scan, operation
+  // for operation (8 lanes per channel, a shuffle scan over the 8 segments), so gamma_C matches it.
+  for (int c0 = 0; c0 < kKMax; c0 += kThreads / 8) {
+    const int c = c0 + (tid >> 3), seg = tid & 7, r0 = seg * 8;
+    float prefix[8], acc = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) prefix[i] = (acc += G[(r0 + i) * kGS + c]);
+    float offset = acc;
+#pragma unroll
+    for (int delta = 1; delta < 8; delta *= 2) {
+      const float other = __shfl_up_sync(0xffffffffu, offset, delta, 8);
+      if (seg >= delta) offset += other;
+    }
+    offset -= acc;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) G[(r0 + i) * kGS + c] = (offset + prefix[i]) * kLog2e;
+  }
+  __syncthreads();
+  // Ebar_r = gamma_r b_r k_r as a bf16 operand (the prepare kernel's rounding).
+#pragma unroll 8
+  for (int i = tid; i < kC * kKMax; i += kThreads) {
+    const int r = i / kKMax, d = i % kKMax;
+    const bool ok = r < len && d < K;
+    const std::int64_t at = key_row(r) * K + d;
+    Eb[r * kEB + d] = __float2bfloat16_rn(ok ? fast_exp2(G[r * kGS + d]) * (to_float(b[at]) * to_float(k[at])) : 0.0f);
+  }
+  __pipeline_wait_prior(0);
+  __syncthreads();
+
+  // dA = dU Z^T + dY Ebar^T (dU = dR), strictly lower (A - I is strictly lower): blocks on and below the diagonal.
+  for (int t = warp; t < 16; t += kWarps) {
+    const int rb = t / 4, cb = t % 4;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+    if (cb <= rb) {
+      for (int kb = 0; kb < nv; ++kb) {
+        FragA a;
+        FragBT zt;
+        wmma::load_matrix_sync(a, dRb + 16 * rb * kEB + 16 * kb, kEB);
+        wmma::load_matrix_sync(zt, Zb + 16 * cb * kEB + 16 * kb, kEB);
+        wmma::mma_sync(acc, a, zt, acc);
+      }
+      for (int kb = 0; kb < nk; ++kb) {
+        FragA a;
+        FragBT et;
+        wmma::load_matrix_sync(a, dYb + 16 * rb * kEB + 16 * kb, kEB);
+        wmma::load_matrix_sync(et, Eb + 16 * cb * kEB + 16 * kb, kEB);
+        wmma::mma_sync(acc, a, et, acc);
+      }
+    }
+    wmma::store_matrix_sync(sdA + 16 * rb * kSS + 16 * cb, acc, kSS, wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int i = tid; i < kC * kC; i += kThreads) {
+    const int r = i / kC, c = i % kC;
+    dAb[r * kAB + c] = __float2bfloat16_rn(c < r && r < len ? sdA[r * kSS + c] : 0.0f);
+  }
+  __syncthreads();
+  // dT = -tril(A^T dA A^T, -1): M = A^T dA (M_rj = sum_i A_ir dA_ij, i >= r and i > j), then M A^T.
+  for (int t = warp; t < 16; t += kWarps) {
+    const int rb = t / 4, cb = t % 4;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kb = max(rb, cb); kb < 4; ++kb) {
+      FragAT a;
+      FragB da;
+      wmma::load_matrix_sync(a, Ab + 16 * kb * kAB + 16 * rb, kAB);
+      wmma::load_matrix_sync(da, dAb + 16 * kb * kAB + 16 * cb, kAB);
+      wmma::mma_sync(acc, a, da, acc);
+    }
+    wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32)
+      Mb[(16 * rb + (e >> 4)) * kAB + 16 * cb + (e & 15)] = __float2bfloat16_rn(stage[(e >> 4) * kStage + (e & 15)]);
+    __syncwarp();
+  }
+  __syncthreads();
+  for (int t = warp; t < 16; t += kWarps) {  // dT = -(M A^T) on s < r, (M A^T)_rs = sum_{j <= s} M_rj A_sj
+    const int rb = t / 4, cb = t % 4;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+    if (cb <= rb) {
+      for (int kb = 0; kb <= cb; ++kb) {
+        FragA m;
+        FragBT at;  // (j, s) = A[s][j]
+        wmma::load_matrix_sync(m, Mb + 16 * rb * kAB + 16 * kb, kAB);
+        wmma::load_matrix_sync(at, Ab + 16 * cb * kAB + 16 * kb, kAB);
+        wmma::mma_sync(acc, m, at, acc);
+      }
+    }
+    wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+      const int i = e >> 4, j = e & 15, r = 16 * rb + i, c = 16 * cb + j;
+      const float x = c < r && r < len ? -stage[i * kStage + j] : 0.0f;
+      dTb[r * kAB + c] = __float2bfloat16_rn(x);
+      if (cb == rb) dTd[r * 17 + j] = x;
+    }
+    __syncwarp();
+  }
+  __syncthreads();  // the first-use region (Ebar, Z, dR, dA, M) is dead from here
+
+  for (int d0 = 0; d0 < KP; d0 += kDT) {
+#pragma unroll 8
+    for (int i = tid; i < kC * kDT; i += kThreads) {
+      const int r = i / kDT, dd = i % kDT, d = d0 + dd;
+      const bool ok = r < len && d < K;
+      const std::int64_t at = key_row(r) * K + d, ws_at = val_row(r) * KP + d;
+      const float kv = ok ? to_float(k[at]) : 0.0f, bv = ok ? to_float(b[at]) : 0.0f;
+      tq[r * kTS + dd] = ok ? to_float(q[at]) : 0.0f;
+      tk[r * kTS + dd] = kv;
+      tb[r * kTS + dd] = bv;
+      te[r * kTS + dd] = bv * kv;  // e = b * k
+      tX[r * kTS + dd] = ok ? sg.x[ws_at] : 0.0f;
+      tdKt[r * kTS + dd] = ok ? sg.dkt[ws_at] : 0.0f;
+    }
+    __syncthreads();
+    // Prescaled operands; every exp argument is <= 0 (G is non-increasing along the chunk for g <= 0).
+    for (int i = tid; i < kC * kDT; i += kThreads) {
+      const int r = i / kDT, dd = i % kDT, d = d0 + dd;
+      const float Gr = G[r * kGS + d];
+#pragma unroll
+      for (int I = 1; I < 4; ++I)
+        if (r < 16 * I) Ks[(ks_row_offset(I) + r) * kDB + dd] = __float2bfloat16_rn(tk[r * kTS + dd] * fast_exp2(G[16 * I * kGS + d] - Gr));
+#pragma unroll
+      for (int J = 0; J < 3; ++J) {
+        const int p = 16 * (J + 1);
+        if (r >= p) {
+          const float x = fast_exp2(Gr - G[p * kGS + d]);
+          Es[(es_row_offset(J) + r - p) * kDB + dd] = __float2bfloat16_rn(te[r * kTS + dd] * x);
+          Qs[(es_row_offset(J) + r - p) * kDB + dd] = __float2bfloat16_rn(tq[r * kTS + dd] * x);
+        }
+      }
+    }
+    __syncthreads();
+    // Tensor-core tasks (32, four per warp): the off-diagonal blocks of P, Pq (rows of block I >= 1), of Q, Qk
+    // (rows of block J <= 2), and dEbar = A^T dY for this tile.
+    for (int task = warp; task < 32; task += kWarps) {
+      const int nb = task & 1, kind = task >> 1;  // kind 0-2: P, 3-5: Pq, 6-8: Q, 9-11: Qk, 12-15: dEbar
+      FragC acc;
+      wmma::fill_fragment(acc, 0.0f);
+      float* out;
+      if (kind < 6) {  // P_I = dT[I, <I] Ks_I, Pq_I = dAqk[I, <I] Ks_I (then times exp(G_r - G_16I))
+        const int I = kind % 3 + 1;
+        const bf16* left = kind < 3 ? dTb : dAqkb;
+        for (int kb = 0; kb < I; ++kb) {
+          FragA a;
+          FragB kk;
+          wmma::load_matrix_sync(a, left + 16 * I * kAB + 16 * kb, kAB);
+          wmma::load_matrix_sync(kk, Ks + (ks_row_offset(I) + 16 * kb) * kDB + 16 * nb, kDB);
+          wmma::mma_sync(acc, a, kk, acc);
+        }
+        out = (kind < 3 ? sP : sPq) + 16 * I * kTS + 16 * nb;
+      } else if (kind < 12) {  // Q_J = dT[>J, J]^T Es_J, Qk_J = dAqk[>J, J]^T Qs_J (then times exp(G_16(J+1) - G_s))
+        const int J = kind % 3;
+        const bf16* left = kind < 9 ? dTb : dAqkb;
+        const bf16* right = kind < 9 ? Es : Qs;
+        for (int kb = 0; kb < 3 - J; ++kb) {
+          FragAT a;  // (i, kk) = M[16 (J + 1 + kb) + kk][16 J + i]
+          FragB x;
+          wmma::load_matrix_sync(a, left + 16 * (J + 1 + kb) * kAB + 16 * J, kAB);
+          wmma::load_matrix_sync(x, right + (es_row_offset(J) + 16 * kb) * kDB + 16 * nb, kDB);
+          wmma::mma_sync(acc, a, x, acc);
+        }
+        out = (kind < 9 ? sQ : sQk) + 16 * J * kTS + 16 * nb;
+      } else {  // dEbar = A^T dY, row block rb
+        const int rb = kind - 12;
+        for (int kb = rb; kb < 4; ++kb) {
+          FragAT a;
+          FragB y;
+          wmma::load_matrix_sync(a, Ab + 16 * kb * kAB + 16 * rb, kAB);
+          wmma::load_matrix_sync(y, dYb + 16 * kb * kEB + d0 + 16 * nb, kEB);
+          wmma::mma_sync(acc, a, y, acc);
+        }
+        out = sdE + 16 * rb * kTS + 16 * nb;
+      }
+      wmma::store_matrix_sync(out, acc, kTS, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // Per (r, d): the diagonal blocks in FFMA with the exact decay, and the elementwise rest of section 6
+    // (chunk_backward_program.cuh, chunk_gradients, has the derivation of every term):
+    //   de = gamma dEbar + P;  dq = (Pq + dAqk_rr k) + gamma X;  dk = Q + (Qk + dAqk_rr q) + tail dKtail + de b;
+    //   db = de k;  dG_r = gamma e dEbar + e P - k Q + q Pq - k Qk + gamma q X (in double; the diagonal pair
+    //   q dAqk_rr k - k dAqk_rr q cancels exactly and is left out).
+    for (int i = tid; i < kC * kDT; i += kThreads) {
+      const int r = i / kDT, dd = i % kDT, d = d0 + dd, at = r * kTS + dd;
+      if (r >= len || d >= K) {
+        sP[at] = sQ[at] = sQk[at] = 0.0f;
+        continue;
+      }
+      const int blk = r >> 4, first = 16 * blk, next = first + 16;
+      const float Gr = G[r * kGS + d];
+      float P = 0.0f, Pq = 0.0f, Q = 0.0f, Qk = 0.0f;
+      if (blk > 0) {
+        const float x = fast_exp2(Gr - G[first * kGS + d]);
+        P = x * sP[at];
+        Pq = x * sPq[at];
+      }
+      if (blk < 3) {
+        const float x = fast_exp2(G[next * kGS + d] - Gr);
+        Q = x * sQ[at];
+        Qk = x * sQk[at];
+      }
+      for (int c = first; c < r; ++c) {
+        const float decayed_key = tk[c * kTS + dd] * fast_exp2(Gr - G[c * kGS + d]);
+        P = fmaf(dTd[r * 17 + c - first], decayed_key, P);
+        Pq = fmaf(dAqkd[r * 17 + c - first], decayed_key, Pq);
+      }
+      const int stop = min(next, len);
+      for (int r2 = r + 1; r2 < stop; ++r2) {
+        const float x = fast_exp2(G[r2 * kGS + d] - Gr);
+        Q = fmaf(dTd[r2 * 17 + r - first] * te[r2 * kTS + dd], x, Q);
+        Qk = fmaf(dAqkd[r2 * 17 + r - first] * tq[r2 * kTS + dd], x, Qk);
+      }
+      const std::int64_t at_key = key_row(r) * K + d;
+      const float gamma = fast_exp2(Gr), tail = fast_exp2(G[last * kGS + d] - Gr);
+      const float qv = tq[at], kv = tk[at], e = te[at], bv = tb[at];
+      const float X = tX[at], dKt = tdKt[at], dEbar = sdE[at], diag = dAqkd[r * 17 + r - first];
+      const float de = gamma * dEbar + P;
+      const float dqv = (Pq + diag * kv) + gamma * X;
+      const float dkv = Q + (Qk + diag * qv) + tail * dKt + de * bv;
+      out.put(at_key, dqv, dkv, de * kv);
+      sP[at] = static_cast<float>(double(gamma * e) * dEbar + double(e) * P - double(kv) * Q + double(qv) * Pq -
+                                  double(kv) * Qk + double(gamma * qv) * X);  // dG_r
+      sQ[at] = tail * kv;  // Ktail_r
+      sQk[at] = dKt;
+    }
+    __syncthreads();
+    // dg_i = sum_{r >= i} dG_r (+ dG_last, + the Ktail pairs that straddle i), in double: see chunk_gradients.
+    if (tid < kDT && d0 + tid < K) {
+      const int dd = tid, d = d0 + dd;
+      double acc = sg.dglast[(slot * HV + hv) * KP + d];
+      double tail = 0.0;
+      for (int r = 0; r < len; ++r) tail += double(sQ[r * kTS + dd]) * sQk[r * kTS + dd];
+      for (int r = last; r >= 0; --r) {
+        acc += sP[r * kTS + dd];
+        tail -= double(sQ[r * kTS + dd]) * sQk[r * kTS + dd];
+        out.put_dg(key_row(r) * K + d, static_cast<float>(acc + tail));
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// ---- phase C: the chunk-end state gradients, chunks in reverse -----------------------------------------------
+template <int VT>
+struct DStateLayout {  // byte offsets in dynamic shared memory
+  static constexpr int SF = VT + 4;  // fp32 row stride
+  static constexpr int SB = VT + 8;  // bf16 row stride
+  static constexpr int ds32 = 0;                                     // dS fp32 [128][SF]
+  static constexpr int dsb = ds32 + round_up(kKMax * SF * 4, 128);   // dS bf16 [128][SB]
+  static constexpr int kt = dsb + round_up(kKMax * SB * 2, 128);     // Ktail [64][136]
+  static constexpr int qg = kt + kRow;                               // scale Qgamma [64][136]
+  static constexpr int y = qg + kRow;                                // Y [64][136]
+  static constexpr int aq = y + kRow;                                // scale Aqk [64][72]
+  static constexpr int dout = aq + kSq;                              // dO bf16 [64][SB] (unscaled)
+  static constexpr int drn = dout + round_up(kC * SB * 2, 128);      // -dR bf16 [64][SB]
+  static constexpr int gam = drn + round_up(kC * SB * 2, 128);       // gamma_C fp32 [128]
+  static constexpr int stage = gam + kKMax * 4;
+  static constexpr int bytes = stage + kStageBytes;                  // VT = 32: 111104 (two blocks per SM)
+};
+
+// One block per (value tile, value head, sequence): dS = dht, then per chunk from the last:
+//   store dS (the gradient of this chunk's end state), dR = Aqk^T dO + Ktail dS,
+//   dS <- Diag(gamma_C) dS + Qgamma^T dO - Y^T dR (spec section 6; scale is inside Aqk and Qgamma),
+// and dh0 = dS at the end. dS stays in shared memory as an fp32 master and a bf16 operand copy.
+template <class T, int VT>
+__global__ void __launch_bounds__(kThreads, 2)
+tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, float* __restrict__ dh0,
+                 const std::int32_t* __restrict__ cu_seqlens, int T_, int H, int HV, int K, int V, int KP,
+                 int VP, PrepareWorkspace pw, float* __restrict__ dstates, bf16* __restrict__ dr_out) {
+  using L = DStateLayout<VT>;
+  constexpr int SF = L::SF, SB = L::SB, nv = VT / 16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* dS32 = reinterpret_cast<float*>(smem + L::ds32);
+  bf16* dSb = reinterpret_cast<bf16*>(smem + L::dsb);
+  bf16* Kt = reinterpret_cast<bf16*>(smem + L::kt);
+  bf16* Qg = reinterpret_cast<bf16*>(smem + L::qg);
+  bf16* Yb = reinterpret_cast<bf16*>(smem + L::y);
+  bf16* Aq = reinterpret_cast<bf16*>(smem + L::aq);
+  bf16* dOb = reinterpret_cast<bf16*>(smem + L::dout);
+  bf16* dRn = reinterpret_cast<bf16*>(smem + L::drn);
+  float* gam = reinterpret_cast<float*>(smem + L::gam);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int c0 = blockIdx.x * VT, hv = blockIdx.y, n = blockIdx.z, h = hv / (HV / H), nk = KP / 16;
+  float* stage = reinterpret_cast<float*>(smem + L::stage) + warp * 16 * kStage;
+  const SeqRange seq = sequence_range(cu_seqlens, n, T_);
+  __shared__ std::int64_t slot_base_shared;
+  if (tid == 0) {  // chunk slots before sequence n
+    std::int64_t base = 0;
+    if (cu_seqlens == nullptr) base = static_cast<std::int64_t>(n) * ((T_ + kC - 1) / kC);
+    else for (int m = 0; m < n; ++m) base += (cu_seqlens[m + 1] - cu_seqlens[m] + kC - 1) / kC;
+    slot_base_shared = base;
+  }
+  const std::size_t state_base = (static_cast<std::size_t>(n) * HV + hv) * K * V;
+  for (int i = tid; i < kKMax * VT; i += kThreads) {  // dS = dht (zeros without it; padding zero)
+    const int d = i / VT, c = i % VT;
+    const float x = dht != nullptr && d < K && c0 + c < V ? dht[state_base + static_cast<std::size_t>(d) * V + c0 + c] : 0.0f;
+    dS32[d * SF + c] = x;
+    dSb[d * SB + c] = __float2bfloat16_rn(x);
+  }
+  __syncthreads();
+  const std::int64_t slot_base = slot_base_shared;
+  const int chunks = static_cast<int>((seq.eos - seq.bos + kC - 1) / kC);
+  for (int ci = chunks - 1; ci >= 0; --ci) {
+    const std::int64_t t0 = seq.bos + static_cast<std::int64_t>(ci) * kC, slot = slot_base + ci;
+    const int len = chunk_length(t0, seq.eos);
+    auto key_src = [&](const bf16* ws) { return ws + (t0 * H + h) * static_cast<std::int64_t>(KP); };
+    async_rows<kKMax / 8>(Kt, kEB, key_src(pw.ktail), std::int64_t(H) * KP, len, KP / 8, tid);
+    async_rows<kKMax / 8>(Qg, kEB, key_src(pw.qg), std::int64_t(H) * KP, len, KP / 8, tid);
+    async_rows<kKMax / 8>(Yb, kEB, key_src(pw.y), std::int64_t(H) * KP, len, KP / 8, tid);
+    async_rows<kC / 8>(Aq, kAB, pw.aqk + (t0 * H + h) * kC, std::int64_t(H) * kC, len, kC / 8, tid);
+    for (int i = tid; i < KP / 4; i += kThreads)
+      __pipeline_memcpy_async(gam + 4 * i, pw.gamma_c + (slot * H + h) * KP + 4 * i, 16);
+    __pipeline_commit();
+    float* out = dstates + (slot * HV + hv) * static_cast<std::size_t>(K) * V;  // gradient of this chunk's end state
+    for (int i = tid; i < K * VT; i += kThreads) {
+      const int d = i / VT, c = i % VT;
+      if (c0 + c < V) out[static_cast<std::size_t>(d) * V + c0 + c] = dS32[d * SF + c];
+    }
+    for (int i = tid; i < kC * VT; i += kThreads) {
+      const int r = i / VT, c = i % VT;
+      dOb[r * SB + c] = __float2bfloat16_rn(r < len && c0 + c < V ? to_float(dout[((t0 + r) * HV + hv) * V + c0 + c]) : 0.0f);
+    }
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    // dR = Aqk^T dO + Ktail dS, kept negated for the update below.
+    for (int t = warp; t < 4 * nv; t += kWarps) {
+      const int rb = t / nv, cb = t % nv;
+      FragC acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int kb = rb; kb < 4; ++kb) {
+        FragAT a;
+        FragB o;
+        wmma::load_matrix_sync(a, Aq + 16 * kb * kAB + 16 * rb, kAB);
+        wmma::load_matrix_sync(o, dOb + 16 * kb * SB + 16 * cb, SB);
+        wmma::mma_sync(acc, a, o, acc);
+      }
+      for (int kb = 0; kb < nk; ++kb) {
+        FragA a;
+        FragB s;
+        wmma::load_matrix_sync(a, Kt + 16 * rb * kEB + 16 * kb, kEB);
+        wmma::load_matrix_sync(s, dSb + 16 * kb * SB + 16 * cb, SB);
+        wmma::mma_sync(acc, a, s, acc);
+      }
+      wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32)
+        dRn[(16 * rb + (e >> 4)) * SB + 16 * cb + (e & 15)] = __float2bfloat16_rn(-stage[(e >> 4) * kStage + (e & 15)]);
+      // dR (bf16, as the update uses it) to dr_out [BT, HV, VP] for phase D.
+      store_tile_bf16(stage, min(16, len - 16 * rb), [&](int i) {
+        return dr_out + ((t0 + 16 * rb + i) * HV + hv) * static_cast<std::int64_t>(VP) + c0 + 16 * cb;
+      }, lane, c0 + 16 * cb < VP);
+      __syncwarp();
+    }
+    __syncthreads();
+    // dS <- Diag(gamma_C) dS + Qgamma^T dO - Y^T dR; each warp updates its own 16 x 16 tiles in place.
+    for (int t = warp; t < nk * nv; t += kWarps) {
+      const int db = t / nv, cb = t % nv;
+      float* tile = dS32 + 16 * db * SF + 16 * cb;
+      for (int e = lane; e < 256; e += 32) tile[(e >> 4) * SF + (e & 15)] *= gam[16 * db + (e >> 4)];
+      __syncwarp();
+      FragC acc;
+      wmma::load_matrix_sync(acc, tile, SF, wmma::mem_row_major);
+      for (int kb = 0; kb < 4; ++kb) {
+        FragAT q, y;  // (d, r) = Qgamma[r][d], Y[r][d]
+        FragB o, dr;
+        wmma::load_matrix_sync(q, Qg + 16 * kb * kEB + 16 * db, kEB);
+        wmma::load_matrix_sync(y, Yb + 16 * kb * kEB + 16 * db, kEB);
+        wmma::load_matrix_sync(o, dOb + 16 * kb * SB + 16 * cb, SB);
+        wmma::load_matrix_sync(dr, dRn + 16 * kb * SB + 16 * cb, SB);
+        wmma::mma_sync(acc, q, o, acc);
+        wmma::mma_sync(acc, y, dr, acc);
+      }
+      wmma::store_matrix_sync(tile, acc, SF, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int i = e >> 4, j = e & 15;
+        dSb[(16 * db + i) * SB + 16 * cb + j] = __float2bfloat16_rn(tile[i * SF + j]);
+      }
+    }
+    __syncthreads();
+  }
+  if (dh0 != nullptr) {
+    for (int i = tid; i < K * VT; i += kThreads) {
+      const int d = i / VT, c = i % VT;
+      if (c0 + c < V) dh0[state_base + static_cast<std::size_t>(d) * V + c0 + c] = dS32[d * SF + c];
+    }
+  }
+}
+
+template <class T, int VT>
+void launch_tc_dstate(const Problem& p, const BackwardTensors& x, int N, const PrepareWorkspace& pw, float* dstates,
+                      bf16* dr_out, cudaStream_t stream, const char* who) {
+  constexpr int bytes = DStateLayout<VT>::bytes;
+  auto kernel = tc_dstate_kernel<T, VT>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), who,
+        "cudaFuncSetAttribute(tc_dstate_kernel, max dynamic shared memory)");
+  const dim3 grid((p.V + VT - 1) / VT, p.HV, N);
+  kernel<<<grid, kThreads, bytes, stream>>>(static_cast<const T*>(x.dout), x.dht, x.dh0, p.cu_seqlens, p.T, p.H, p.HV,
+                                            p.K, p.V, round_up(p.K, 16), round_up(p.V, 16), pw, dstates, dr_out);
+  check_launch(who, "tc_dstate_kernel");
+}
+
+}  // namespace
+
+// K >= 16: with very few key channels the erase factor 1 - sum_d b_d k_d^2 of a unit key can approach 0 for the
+// whole state (K = 1: 1 - b_t), and the chunk form's dh0 = Qgamma^T dO - Y^T dR then cancels terms far larger
+// than itself, which bf16 operands cannot afford (tests/test_cuda_backward.cpp, TensorCoreMeetsTheBf16Contract).
+// Such heads are not where speed matters; they run the fp32 program.
+bool tensor_core_backward_eligible(const Problem& p) {
+  return p.dtype != DType::f32 && p.K >= 16 && p.K <= kKMax && p.V <= kVMax;
+}
+
+void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, float scale, float* dq, float* dk,
+                          float* db, cudaStream_t stream, const char* who) {
+  if (dq == nullptr && p.HV != p.H) fail(who, ": grouped value heads (HV > H) need fp32 accumulators for dq, dk, db");
+  const int KP = round_up(p.K, 16), VP = round_up(p.V, 16);
+  const std::int64_t tokens = static_cast<std::int64_t>(p.B) * p.T;
+  const int slots = slot_count(p, N);
+  const std::size_t sq = static_cast<std::size_t>(tokens) * p.H * kC;     // [BT, H, 64]
+  const std::size_t key = static_cast<std::size_t>(tokens) * p.H * KP;    // [BT, H, KP]
+  const std::size_t val = static_cast<std::size_t>(tokens) * p.HV * VP;   // [BT, HV, VP]
+  const std::size_t vkey = static_cast<std::size_t>(tokens) * p.HV * KP;  // [BT, HV, KP]
+  const std::size_t vsq = static_cast<std::size_t>(tokens) * p.HV * kC;   // [BT, HV, 64]
+  const std::size_t gam = static_cast<std::size_t>(slots) * p.H * KP;
+  const std::size_t glast = static_cast<std::size_t>(slots) * p.HV * KP;
+  const std::size_t state = static_cast<std::size_t>(slots) * p.HV * p.K * p.V;
+  // bf16 parts first, then fp32; every part is a multiple of 16 bytes (KP, VP multiples of 16) except the
+  // state stores (K V floats each), which come last.
+  const std::size_t bf16_count = 2 * sq + 3 * key + val + vkey + 2 * val;
+  const std::size_t f32_count = gam + 2 * vkey + vsq + glast + 2 * state;
+  StreamBuffer workspace(bf16_count * sizeof(bf16) + f32_count * sizeof(float), stream, who);
+  PrepareWorkspace pw;
+  pw.aqk = workspace.as<bf16>();
+  pw.a = pw.aqk + sq;
+  pw.y = pw.a + sq;
+  pw.qg = pw.y + key;
+  pw.ktail = pw.qg + key;
+  pw.u = pw.ktail + key;
+  StateGradients sg;
+  sg.dy = pw.u + val;
+  sg.r = sg.dy + vkey;
+  sg.dr = sg.r + val;
+  pw.gamma_c = reinterpret_cast<float*>(sg.dr + val);
+  sg.x = pw.gamma_c + gam;
+  sg.dkt = sg.x + vkey;
+  sg.daqk = sg.dkt + vkey;
+  sg.dglast = sg.daqk + vsq;
+  float* states = sg.dglast + glast;
+  float* dstates = states + state;
+  // Phase A.
+  launch_tensor_core_prepare(p, x.q, x.k, x.v, x.g, x.b, x.w, N, scale, pw, stream, who);
+  // Phases B and C: 32 value columns per block (two blocks per SM) when that gives every SM a block, else 16
+  // (the blocks are the sequential phases' only parallelism).
+  int sms = 132, device = 0;
+  check(cudaGetDevice(&device), who, "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), who, "cudaDeviceGetAttribute(SM count)");
+  const int vt = static_cast<long long>(N) * p.HV * ((p.V + 31) / 32) >= sms ? 32 : 16;
+  launch_tensor_core_states(p, x.h0, N, pw, vt, states, sg.r, stream, who);
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_same_v<T, float>) {
+      fail(who, ": the tensor-core backward takes bf16 or f16 inputs");
+    } else {
+      if (vt == 32) launch_tc_dstate<T, 32>(p, x, N, pw, dstates, sg.dr, stream, who);
+      else launch_tc_dstate<T, 16>(p, x, N, pw, dstates, sg.dr, stream, who);
+      // Phase D. The state-gradient kernel splits the key rows in two parts (64 rows each at K = 128, two blocks
+      // per SM) when KP > 64 and the parts stay multiples of 16.
+      const int parts = KP > 64 && KP % 32 == 0 ? 2 : 1;
+      const StateGradLayout layout(KP / parts);
+      auto state_kernel = tc_state_gradients_kernel<T>;
+      check(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, layout.bytes), who,
+            "cudaFuncSetAttribute(tc_state_gradients_kernel, max dynamic shared memory)");
+      state_kernel<<<dim3(slots, p.HV, parts), kThreads, layout.bytes, stream>>>(
+          static_cast<const T*>(x.dout), static_cast<const T*>(x.v), static_cast<const T*>(x.w),
+          static_cast<T*>(x.dv), static_cast<T*>(x.dw), states, dstates, p.cu_seqlens, N, p.T, p.H, p.HV, p.K, p.V,
+          KP, VP, scale, pw, sg);
+      check_launch(who, "tc_state_gradients_kernel");
+      auto chunk_kernel = tc_chunk_gradients_kernel<T>;
+      check(cudaFuncSetAttribute(chunk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, chunk_layout::bytes), who,
+            "cudaFuncSetAttribute(tc_chunk_gradients_kernel, max dynamic shared memory)");
+      chunk_kernel<<<dim3(slots, p.HV), kThreads, chunk_layout::bytes, stream>>>(
+          static_cast<const T*>(x.q), static_cast<const T*>(x.k), static_cast<const T*>(x.v), x.g,
+          static_cast<const T*>(x.b), static_cast<const T*>(x.w), p.cu_seqlens, N, p.T, p.H, p.HV, p.K, p.V, KP, VP,
+          pw, sg, KeyGradients<T>{dq == nullptr, static_cast<T*>(x.dq), static_cast<T*>(x.dk), static_cast<T*>(x.db),
+                                  dq, dk, db, x.dg});
+      check_launch(who, "tc_chunk_gradients_kernel");
+    }
+  });
+}
+
+}  // namespace gdr2::cuda::detail

@@ -1,0 +1,127 @@
+#pragma once
+// Shared by the tensor-core chunk kernels (chunk_forward_tc.cu, chunk_backward_tc.cu): WMMA fragment types,
+// the chunk and tile constants, the chunk-slot numbering, exp2 in one instruction, and the bf16 tile
+// movers (cp.async loads with zero fill, 16-byte stores). Internal header.
+#include <mma.h>
+#include <cuda_pipeline.h>
+
+#include <cstdint>
+
+#include "common.cuh"
+
+namespace gdr2::cuda::detail::tc {
+namespace wmma = nvcuda::wmma;
+using bf16 = __nv_bfloat16;
+
+constexpr int kC = 64;           // chunk
+constexpr int kThreads = 256;    // 8 warps
+constexpr int kWarps = kThreads / 32;
+constexpr int kKMax = 128;       // largest K (and, in the backward, V) of the tensor-core path
+constexpr int kEB = kKMax + 8;   // row stride of a 64 x 128 (or 128 x 128) bf16 tile
+constexpr int kAB = kC + 8;      // row stride of bf16 64 x 64 matrices (A, Aqk)
+constexpr int kSS = kC + 4;      // row stride of fp32 64 x 64 matrices
+constexpr int kStage = 20;       // per-warp 16 x 16 fp32 staging tile, row stride
+
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// 2^x in one MUFU instruction (relative error ~2^-22; 2^-inf = 0). The kernels keep G in units of log2(e)
+// (G2 = G log2 e), so exp(G_r - G_s) = exp2(G2_r - G2_s).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+constexpr float kLog2e = 1.4426950408889634f;
+
+__host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+struct Slot {
+  int n;            // sequence
+  std::int64_t t0;  // first token (flattened B*T axis)
+  int len;          // tokens in the chunk, 1..64; 0 = no chunk for this slot
+};
+
+// Slot -> (sequence, chunk); slots are numbered sequence by sequence (slot = chunks before n + chunk), the
+// same numbering as the backward's chunk-start state store.
+__device__ inline Slot find_slot(const std::int32_t* cu_seqlens, int N, int T, int slot) {
+  if (cu_seqlens == nullptr) {
+    const int per_seq = (T + kC - 1) / kC;
+    const int n = slot / per_seq, c = slot % per_seq;
+    if (n >= N) return {0, 0, 0};
+    return {n, static_cast<std::int64_t>(n) * T + static_cast<std::int64_t>(c) * kC, min(kC, T - c * kC)};
+  }
+  int first = 0;
+  for (int n = 0; n < N; ++n) {
+    const int bos = cu_seqlens[n], eos = cu_seqlens[n + 1];
+    const int chunks = (eos - bos + kC - 1) / kC;
+    if (slot < first + chunks) {
+      const int c = slot - first;
+      return {n, bos + static_cast<std::int64_t>(c) * kC, min(kC, eos - bos - c * kC)};
+    }
+    first += chunks;
+  }
+  return {0, 0, 0};
+}
+
+__device__ __forceinline__ int chunk_length(std::int64_t t0, std::int64_t eos) {
+  return eos - t0 < kC ? static_cast<int>(eos - t0) : kC;
+}
+
+// Stores a 16 x 16 fp32 tile (staged in shared memory, row stride kStage) as bf16 rows of global memory:
+// row i goes to dst(i) unless i >= rows; each lane writes 8 consecutive values (one 16-byte store).
+template <class RowPtr>
+__device__ __forceinline__ void store_tile_bf16(const float* stage, int rows, RowPtr dst, int lane, bool active = true) {
+  const int i = lane >> 1, j0 = (lane & 1) * 8;
+  if (!active || i >= rows) return;
+  alignas(16) bf16 packed[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) packed[j] = __float2bfloat16_rn(stage[i * kStage + j0 + j]);
+  *reinterpret_cast<uint4*>(dst(i) + j0) = *reinterpret_cast<const uint4*>(packed);
+}
+
+// Issues cp.async copies of a 64-row bf16 tile: row r < rows_ok from src + r * src_ld, `Pieces` 16-byte
+// pieces per row, piece p valid when p < valid_pieces; everything else is zero-filled.
+template <int Pieces>
+__device__ __forceinline__ void async_rows(bf16* dst, int ld, const bf16* src, std::int64_t src_ld, int rows_ok,
+                                           int valid_pieces, int tid) {
+#pragma unroll
+  for (int i = tid; i < kC * Pieces; i += kThreads) {
+    const int r = i / Pieces, p = i % Pieces;
+    const bool ok = r < rows_ok && p < valid_pieces;
+    __pipeline_memcpy_async(dst + r * ld + 8 * p, ok ? src + r * src_ld + 8 * p : src, 16, ok ? 0 : 16);
+  }
+}
+
+// The workspace the tensor-core prepare kernel writes (bf16 unless noted; K and V padded to KP, VP =
+// multiples of 16). Rows are tokens on the flattened B*T axis.
+struct PrepareWorkspace {
+  bf16* aqk = nullptr;      // [BT, H, 64]  scale * Aqk (Eq. 24), zero above the diagonal
+  bf16* y = nullptr;        // [BT, H, KP]  Y = A Ebar (Eq. 21)
+  bf16* qg = nullptr;       // [BT, H, KP]  scale * Qgamma (Eq. 24)
+  bf16* ktail = nullptr;    // [BT, H, KP]  Ktail (Eq. 25)
+  bf16* u = nullptr;        // [BT, HV, VP] U = A Z (Eq. 22)
+  bf16* a = nullptr;        // [BT, H, 64]  A = (I + T)^{-1} (Eq. 20); optional (the backward's)
+  float* gamma_c = nullptr; // [slots, H, KP] gamma_C, fp32
+};
+
+// Number of chunk slots of a call (an upper bound for varlen: empty sequences have none).
+inline int slot_count(const Problem& p, int N) {
+  return p.cu_seqlens ? (p.T + kC - 1) / kC + N : N * ((p.T + kC - 1) / kC);
+}
+
+// Launches tc_prepare_kernel (chunk_forward_tc.cu) over every (chunk slot, key head).
+void launch_tensor_core_prepare(const Problem& p, const void* q, const void* k, const void* v, const float* g,
+                                const void* b, const void* w, int N, float scale, const PrepareWorkspace& ws,
+                                cudaStream_t stream, const char* who);
+
+// Phase B of the tensor-core backward: tc_state_kernel (chunk_forward_tc.cu) without the output, writing the
+// chunk-start state of every chunk to `states` [slots, HV, K, V] (fp32) and R = U - Y S_c (bf16, as its products
+// used it) to r_out [BT, HV, VP]; vt (16 or 32) is its value tile.
+void launch_tensor_core_states(const Problem& p, const float* h0, int N, const PrepareWorkspace& ws, int vt,
+                               float* states, bf16* r_out, cudaStream_t stream, const char* who);
+
+}  // namespace gdr2::cuda::detail::tc
