@@ -182,8 +182,8 @@ void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaS
     const std::string f = forced;
     if (f != "fp32" && f != "tc") fail(who, ": GDR2_CUDA_BACKWARD_KERNEL must be fp32 or tc, got '", f, "'");
     if (f == "tc" && !tensor_core_backward_eligible(p))
-      fail(who, ": GDR2_CUDA_BACKWARD_KERNEL=tc needs bf16 or f16 inputs with 16 <= K <= 128 and V <= 128 (got ",
-           dtype_name(p.dtype), ", K = ", p.K, ", V = ", p.V, ")");
+      fail(who, ": GDR2_CUDA_BACKWARD_KERNEL=tc needs bf16 or f16 inputs with 16 <= K <= 128 and V <= 128 and an "
+           "sm_90-class device (got ", dtype_name(p.dtype), ", K = ", p.K, ", V = ", p.V, ")");
     tensor_core = f == "tc";
   }
   const std::size_t key_count = static_cast<std::size_t>(tokens) * p.H * p.K;

@@ -49,6 +49,8 @@ constexpr int kSqF = kC * kSS * 4;         // fp32 [64][68]: 17408
 constexpr int kStageBytes = kWarps * 16 * kStage * 4;  // 10240
 constexpr int kTileF = kC * kTS * 4;       // fp32 [64][36]: 9216
 constexpr int kPre = 96 * kDB * 2;         // bf16 [96][40]: 7680
+constexpr int kGradThreads = 512;          // the chunk-gradient kernel: 16 warps (one block per SM; more warps to
+constexpr int kGradWarps = kGradThreads / 32;  // hide the latency of its dependent FFMA / exp chains)
 
 // What the state-gradient kernel leaves for the chunk-gradient kernel. Rows are tokens (flattened B*T).
 struct StateGradients {
@@ -280,28 +282,30 @@ struct KeyGradients {
   }
 };
 
-// ---- kernel 3: the chunk-local chain and the gated score VJPs ------------------------------------------------
+// ---- phase D, kernel 2: the chunk-local chain and the gated score VJPs ----------------------------------------
 namespace chunk_layout {  // byte offsets in dynamic shared memory
 constexpr int kDiag = kC * 17 * 4;         // fp32 diagonal 16 x 16 blocks [64][17]: row r, column s - 16 (r / 16)
-constexpr int g = 0;                       // G fp32 [64][129], units of log2(e)
-constexpr int dy = g + kC * kGS * 4;       // dY bf16 [64][136]
+constexpr int dy = 0;                      // dY bf16 [64][136]
 constexpr int a = dy + kRow;               // A bf16 [64][72]
 constexpr int dtb = a + kSq;               // dT bf16 [64][72]
-constexpr int daqkb = dtb + kSq;           // dAqk bf16 [64][72]
+constexpr int daqkb = dtb + kSq;           // dAqk bf16 [64][72], diagonal zero
 constexpr int dtd = daqkb + kSq;           // dT, diagonal blocks fp32
-constexpr int daqkd = dtd + round_up(kDiag, 128);  // dAqk, diagonal blocks fp32
-constexpr int stage = daqkd + round_up(kDiag, 128);  // per-warp fp32 [16][20]
-constexpr int region = stage + kStageBytes;
-// Region, first use: Ebar, Z, dR bf16 [64][136], dA fp32 [64][68], dA and M bf16 [64][72].
-constexpr int ebar = region, z = ebar + kRow, dr = z + kRow, da = dr + kRow, dab = da + kSqF, m = dab + kSq;
+constexpr int daqkd = dtd + round_up(kDiag, 128);  // dAqk, diagonal blocks fp32 (with the diagonal)
+constexpr int stage = daqkd + round_up(kDiag, 128);  // per-warp fp32 [16][20], 16 warps
+constexpr int region = stage + kGradWarps * 16 * kStage * 4;
+// Region, first use: G fp32 [64][129]; Ebar, Z, dR bf16 [64][136]; dA fp32 [64][68]; dA and M bf16 [64][72].
+constexpr int g = region, ebar = g + kC * kGS * 4, z = ebar + kRow, dr = z + kRow, da = dr + kRow, dab = da + kSqF,
+              m = dab + kSq;
 constexpr int end1 = m + kSq;
-// Region, per key tile: q, k, e, b, dQgamma, dKtail fp32 [64][36]; Ks, Es, Qs bf16 [96][40];
+// Region, per key tile: G, q, k, e, b, dQgamma, dKtail fp32 [64][36]; Ks, Es, Qs bf16 [96][40];
 // P, Pq, Q, Qk, dEbar fp32 [64][36].
-constexpr int tq = region, tk = tq + kTileF, te = tk + kTileF, tb = te + kTileF, tx = tb + kTileF, tdkt = tx + kTileF;
+constexpr int tg = region, tq = tg + kTileF, tk = tq + kTileF, te = tk + kTileF, tb = te + kTileF, tx = tb + kTileF,
+              tdkt = tx + kTileF;
 constexpr int ks = tdkt + kTileF, es = ks + kPre, qs = es + kPre;
 constexpr int p = qs + kPre, pq = p + kTileF, q = pq + kTileF, qk = q + kTileF, debar = qk + kTileF;
 constexpr int end2 = debar + kTileF;
-constexpr int bytes = end1 > end2 ? end1 : end2;  // 221440
+constexpr int bytes = end1 > end2 ? end1 : end2;  // 207872 (one block per SM)
+static_assert(bytes + 256 <= 227 * 1024, "the chunk-gradient kernel must fit an sm_90 block's shared memory");
 }  // namespace chunk_layout
 
 // Row offsets of the prescaled operands (96 rows each):
@@ -310,27 +314,53 @@ constexpr int bytes = end1 > end2 ? end1 : end2;  // 221440
 __device__ __forceinline__ int ks_row_offset(int I) { return 8 * I * (I - 1); }
 __device__ __forceinline__ int es_row_offset(int J) { return J == 0 ? 0 : J == 1 ? 48 : 80; }
 
+// Eq. 18: G_r = sum_{i<=r} g_i per channel in units of log2(e), in place for the `count` channels of `G` (row
+// stride ld, zeros past the chunk): the prepare kernel's fp32 scan operation for operation (8 lanes per channel, a
+// shuffle scan over the 8 segments), so that every decay here equals the prepare kernel's.
+template <int Threads>
+__device__ __forceinline__ void scan_decays(float* G, int ld, int count, int tid) {
+  for (int c0 = 0; c0 < count; c0 += Threads / 8) {
+    const int c = c0 + (tid >> 3), seg = tid & 7, r0 = seg * 8;
+    const bool ok = c < count;
+    float prefix[8], acc = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) prefix[i] = (acc += ok ? G[(r0 + i) * ld + c] : 0.0f);
+    float offset = acc;
+#pragma unroll
+    for (int delta = 1; delta < 8; delta *= 2) {
+      const float other = __shfl_up_sync(0xffffffffu, offset, delta, 8);
+      if (seg >= delta) offset += other;
+    }
+    offset -= acc;
+    if (ok) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) G[(r0 + i) * ld + c] = (offset + prefix[i]) * kLog2e;
+    }
+  }
+}
+
 template <class T>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kGradThreads, 1)
 tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                           const float* __restrict__ g, const T* __restrict__ b, const T* __restrict__ w,
                           const std::int32_t* __restrict__ cu_seqlens, int N, int T_, int H, int HV, int K, int V,
                           int KP, int VP, PrepareWorkspace pw, StateGradients sg, KeyGradients<T> out) {
   namespace L = chunk_layout;
   extern __shared__ __align__(128) unsigned char smem[];
-  float* G = reinterpret_cast<float*>(smem + L::g);
   bf16* dYb = reinterpret_cast<bf16*>(smem + L::dy);
   bf16* Ab = reinterpret_cast<bf16*>(smem + L::a);
   bf16* dTb = reinterpret_cast<bf16*>(smem + L::dtb);
   bf16* dAqkb = reinterpret_cast<bf16*>(smem + L::daqkb);
   float* dTd = reinterpret_cast<float*>(smem + L::dtd);      // dT_rs, s in r's block: dTd[r * 17 + s % 16]
   float* dAqkd = reinterpret_cast<float*>(smem + L::daqkd);  // dAqk_rs likewise
+  float* G = reinterpret_cast<float*>(smem + L::g);
   bf16* Eb = reinterpret_cast<bf16*>(smem + L::ebar);
   bf16* Zb = reinterpret_cast<bf16*>(smem + L::z);
   bf16* dRb = reinterpret_cast<bf16*>(smem + L::dr);
   float* sdA = reinterpret_cast<float*>(smem + L::da);
   bf16* dAb = reinterpret_cast<bf16*>(smem + L::dab);
   bf16* Mb = reinterpret_cast<bf16*>(smem + L::m);
+  float* tG = reinterpret_cast<float*>(smem + L::tg);
   float* tq = reinterpret_cast<float*>(smem + L::tq);
   float* tk = reinterpret_cast<float*>(smem + L::tk);
   float* te = reinterpret_cast<float*>(smem + L::te);
@@ -357,53 +387,36 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
   float* stage = reinterpret_cast<float*>(smem + L::stage) + warp * 16 * kStage;
   auto key_row = [&](int r) { return (t0 + r) * H + h; };
   auto val_row = [&](int r) { return (t0 + r) * HV + hv; };
-
-  async_rows<kKMax / 8>(dYb, kEB, sg.dy + val_row(0) * KP, std::int64_t(HV) * KP, len, KP / 8, tid);
-  async_rows<kVMax / 8>(dRb, kEB, sg.dr + val_row(0) * VP, std::int64_t(HV) * VP, len, VP / 8, tid);
-  async_rows<kC / 8>(Ab, kAB, pw.a + key_row(0) * kC, std::int64_t(H) * kC, len, kC / 8, tid);
+  async_rows<kKMax / 8, kGradThreads>(dYb, kEB, sg.dy + val_row(0) * KP, std::int64_t(HV) * KP, len, KP / 8, tid);
+  async_rows<kVMax / 8, kGradThreads>(dRb, kEB, sg.dr + val_row(0) * VP, std::int64_t(HV) * VP, len, VP / 8, tid);
+  async_rows<kC / 8, kGradThreads>(Ab, kAB, pw.a + key_row(0) * kC, std::int64_t(H) * kC, len, kC / 8, tid);
   __pipeline_commit();
   // Global loads in unrolled loops (many in flight per thread: one block per SM hides little latency).
 #pragma unroll 8
-  for (int i = tid; i < kC * kKMax; i += kThreads) {
+  for (int i = tid; i < kC * kKMax; i += kGradThreads) {
     const int r = i / kKMax, d = i % kKMax;
     G[r * kGS + d] = r < len && d < K ? g[key_row(r) * K + d] : 0.0f;
   }
 #pragma unroll 8
-  for (int i = tid; i < kC * kVMax; i += kThreads) {  // Z = W * V (the prepare kernel's rounding)
+  for (int i = tid; i < kC * kVMax; i += kGradThreads) {  // Z = W * V (the prepare kernel's rounding)
     const int r = i / kVMax, j = i % kVMax;
     const bool ok = r < len && j < V;
     const std::int64_t at = val_row(r) * V + j;
     Zb[r * kEB + j] = __float2bfloat16_rn(ok ? to_float(w[at]) * to_float(v[at]) : 0.0f);
   }
 #pragma unroll 8
-  for (int i = tid; i < kC * kC; i += kThreads) {
+  for (int i = tid; i < kC * kC; i += kGradThreads) {
     const int r = i / kC, s = i % kC;
     const float x = r < len ? sg.daqk[val_row(r) * kC + s] : 0.0f;
     if ((s >> 4) == (r >> 4)) dAqkd[r * 17 + (s & 15)] = x;
-    dAqkb[r * kAB + s] = __float2bfloat16_rn(x);
+    dAqkb[r * kAB + s] = __float2bfloat16_rn(s == r ? 0.0f : x);  // the diagonal is added elementwise
   }
   __syncthreads();
-  // Eq. 18: G_r = sum_{i<=r} g_i per channel, in units of log2(e): the prepare kernel's fp32 scan, operation
-  // for operation (8 lanes per channel, a shuffle scan over the 8 segments), so gamma_C matches it.
-  for (int c0 = 0; c0 < kKMax; c0 += kThreads / 8) {
-    const int c = c0 + (tid >> 3), seg = tid & 7, r0 = seg * 8;
-    float prefix[8], acc = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) prefix[i] = (acc += G[(r0 + i) * kGS + c]);
-    float offset = acc;
-#pragma unroll
-    for (int delta = 1; delta < 8; delta *= 2) {
-      const float other = __shfl_up_sync(0xffffffffu, offset, delta, 8);
-      if (seg >= delta) offset += other;
-    }
-    offset -= acc;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) G[(r0 + i) * kGS + c] = (offset + prefix[i]) * kLog2e;
-  }
+  scan_decays<kGradThreads>(G, kGS, kKMax, tid);
   __syncthreads();
   // Ebar_r = gamma_r b_r k_r as a bf16 operand (the prepare kernel's rounding).
 #pragma unroll 8
-  for (int i = tid; i < kC * kKMax; i += kThreads) {
+  for (int i = tid; i < kC * kKMax; i += kGradThreads) {
     const int r = i / kKMax, d = i % kKMax;
     const bool ok = r < len && d < K;
     const std::int64_t at = key_row(r) * K + d;
@@ -413,7 +426,7 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
   __syncthreads();
 
   // dA = dU Z^T + dY Ebar^T (dU = dR), strictly lower (A - I is strictly lower): blocks on and below the diagonal.
-  for (int t = warp; t < 16; t += kWarps) {
+  for (int t = warp; t < 16; t += kGradWarps) {
     const int rb = t / 4, cb = t % 4;
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
@@ -436,13 +449,13 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
     wmma::store_matrix_sync(sdA + 16 * rb * kSS + 16 * cb, acc, kSS, wmma::mem_row_major);
   }
   __syncthreads();
-  for (int i = tid; i < kC * kC; i += kThreads) {
+  for (int i = tid; i < kC * kC; i += kGradThreads) {
     const int r = i / kC, c = i % kC;
     dAb[r * kAB + c] = __float2bfloat16_rn(c < r && r < len ? sdA[r * kSS + c] : 0.0f);
   }
   __syncthreads();
   // dT = -tril(A^T dA A^T, -1): M = A^T dA (M_rj = sum_i A_ir dA_ij, i >= r and i > j), then M A^T.
-  for (int t = warp; t < 16; t += kWarps) {
+  for (int t = warp; t < 16; t += kGradWarps) {
     const int rb = t / 4, cb = t % 4;
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
@@ -460,7 +473,7 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
     __syncwarp();
   }
   __syncthreads();
-  for (int t = warp; t < 16; t += kWarps) {  // dT = -(M A^T) on s < r, (M A^T)_rs = sum_{j <= s} M_rj A_sj
+  for (int t = warp; t < 16; t += kGradWarps) {  // dT = -(M A^T) on s < r, (M A^T)_rs = sum_{j <= s} M_rj A_sj
     const int rb = t / 4, cb = t % 4;
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
@@ -483,15 +496,16 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
     }
     __syncwarp();
   }
-  __syncthreads();  // the first-use region (Ebar, Z, dR, dA, M) is dead from here
+  __syncthreads();  // the first-use region (G, Ebar, Z, dR, dA, M) is dead from here
 
   for (int d0 = 0; d0 < KP; d0 += kDT) {
-#pragma unroll 8
-    for (int i = tid; i < kC * kDT; i += kThreads) {
+#pragma unroll 4
+    for (int i = tid; i < kC * kDT; i += kGradThreads) {
       const int r = i / kDT, dd = i % kDT, d = d0 + dd;
       const bool ok = r < len && d < K;
       const std::int64_t at = key_row(r) * K + d, ws_at = val_row(r) * KP + d;
       const float kv = ok ? to_float(k[at]) : 0.0f, bv = ok ? to_float(b[at]) : 0.0f;
+      tG[r * kTS + dd] = ok ? g[at] : 0.0f;
       tq[r * kTS + dd] = ok ? to_float(q[at]) : 0.0f;
       tk[r * kTS + dd] = kv;
       tb[r * kTS + dd] = bv;
@@ -500,27 +514,29 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
       tdKt[r * kTS + dd] = ok ? sg.dkt[ws_at] : 0.0f;
     }
     __syncthreads();
+    scan_decays<kGradThreads>(tG, kTS, kDT, tid);
+    __syncthreads();
     // Prescaled operands; every exp argument is <= 0 (G is non-increasing along the chunk for g <= 0).
-    for (int i = tid; i < kC * kDT; i += kThreads) {
-      const int r = i / kDT, dd = i % kDT, d = d0 + dd;
-      const float Gr = G[r * kGS + d];
+    for (int i = tid; i < kC * kDT; i += kGradThreads) {
+      const int r = i / kDT, dd = i % kDT;
+      const float Gr = tG[r * kTS + dd], kv = tk[r * kTS + dd], ev = te[r * kTS + dd], qv = tq[r * kTS + dd];
 #pragma unroll
       for (int I = 1; I < 4; ++I)
-        if (r < 16 * I) Ks[(ks_row_offset(I) + r) * kDB + dd] = __float2bfloat16_rn(tk[r * kTS + dd] * fast_exp2(G[16 * I * kGS + d] - Gr));
+        if (r < 16 * I) Ks[(ks_row_offset(I) + r) * kDB + dd] = __float2bfloat16_rn(kv * fast_exp2(tG[16 * I * kTS + dd] - Gr));
 #pragma unroll
       for (int J = 0; J < 3; ++J) {
         const int p = 16 * (J + 1);
         if (r >= p) {
-          const float x = fast_exp2(Gr - G[p * kGS + d]);
-          Es[(es_row_offset(J) + r - p) * kDB + dd] = __float2bfloat16_rn(te[r * kTS + dd] * x);
-          Qs[(es_row_offset(J) + r - p) * kDB + dd] = __float2bfloat16_rn(tq[r * kTS + dd] * x);
+          const float x = fast_exp2(Gr - tG[p * kTS + dd]);
+          Es[(es_row_offset(J) + r - p) * kDB + dd] = __float2bfloat16_rn(ev * x);
+          Qs[(es_row_offset(J) + r - p) * kDB + dd] = __float2bfloat16_rn(qv * x);
         }
       }
     }
     __syncthreads();
-    // Tensor-core tasks (32, four per warp): the off-diagonal blocks of P, Pq (rows of block I >= 1), of Q, Qk
+    // Tensor-core tasks (32, two per warp): the off-diagonal blocks of P, Pq (rows of block I >= 1), of Q, Qk
     // (rows of block J <= 2), and dEbar = A^T dY for this tile.
-    for (int task = warp; task < 32; task += kWarps) {
+    for (int task = warp; task < 32; task += kGradWarps) {
       const int nb = task & 1, kind = task >> 1;  // kind 0-2: P, 3-5: Pq, 6-8: Q, 9-11: Qk, 12-15: dEbar
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
@@ -562,66 +578,75 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
       wmma::store_matrix_sync(out, acc, kTS, wmma::mem_row_major);
     }
     __syncthreads();
-    // Per (r, d): the diagonal blocks in FFMA with the exact decay, and the elementwise rest of section 6
-    // (chunk_backward_program.cuh, chunk_gradients, has the derivation of every term):
+    // Per (r, d): the diagonal blocks in FFMA with the exact decay (measured: on tensor cores with the block's
+    // middle row as pivot they are no faster here and put 4x the error into dg, whose rows cancel), and the
+    // elementwise rest of section 6 (chunk_backward_program.cuh, chunk_gradients, has the derivation of every term):
     //   de = gamma dEbar + P;  dq = (Pq + dAqk_rr k) + gamma X;  dk = Q + (Qk + dAqk_rr q) + tail dKtail + de b;
     //   db = de k;  dG_r = gamma e dEbar + e P - k Q + q Pq - k Qk + gamma q X (in double; the diagonal pair
-    //   q dAqk_rr k - k dAqk_rr q cancels exactly and is left out).
-    for (int i = tid; i < kC * kDT; i += kThreads) {
+    //   q dAqk_rr k - k dAqk_rr q cancels exactly and is left out: Pq and Qk exclude the diagonal).
+    for (int i = tid; i < kC * kDT; i += kGradThreads) {
       const int r = i / kDT, dd = i % kDT, d = d0 + dd, at = r * kTS + dd;
       if (r >= len || d >= K) {
         sP[at] = sQ[at] = sQk[at] = 0.0f;
         continue;
       }
       const int blk = r >> 4, first = 16 * blk, next = first + 16;
-      const float Gr = G[r * kGS + d];
+      const float Gr = tG[at];
       float P = 0.0f, Pq = 0.0f, Q = 0.0f, Qk = 0.0f;
-      if (blk > 0) {
-        const float x = fast_exp2(Gr - G[first * kGS + d]);
+      if (blk > 0) {  // off the diagonal, pivot 16 blk
+        const float x = fast_exp2(Gr - tG[first * kTS + dd]);
         P = x * sP[at];
         Pq = x * sPq[at];
       }
-      if (blk < 3) {
-        const float x = fast_exp2(G[next * kGS + d] - Gr);
+      if (blk < 3) {  // off the diagonal, pivot 16 (blk + 1)
+        const float x = fast_exp2(tG[next * kTS + dd] - Gr);
         Q = x * sQ[at];
         Qk = x * sQk[at];
       }
       for (int c = first; c < r; ++c) {
-        const float decayed_key = tk[c * kTS + dd] * fast_exp2(Gr - G[c * kGS + d]);
+        const float decayed_key = tk[c * kTS + dd] * fast_exp2(Gr - tG[c * kTS + dd]);
         P = fmaf(dTd[r * 17 + c - first], decayed_key, P);
         Pq = fmaf(dAqkd[r * 17 + c - first], decayed_key, Pq);
       }
       const int stop = min(next, len);
       for (int r2 = r + 1; r2 < stop; ++r2) {
-        const float x = fast_exp2(G[r2 * kGS + d] - Gr);
+        const float x = fast_exp2(tG[r2 * kTS + dd] - Gr);
         Q = fmaf(dTd[r2 * 17 + r - first] * te[r2 * kTS + dd], x, Q);
         Qk = fmaf(dAqkd[r2 * 17 + r - first] * tq[r2 * kTS + dd], x, Qk);
       }
-      const std::int64_t at_key = key_row(r) * K + d;
-      const float gamma = fast_exp2(Gr), tail = fast_exp2(G[last * kGS + d] - Gr);
+      const float gamma = fast_exp2(Gr), tail = fast_exp2(tG[last * kTS + dd] - Gr);
       const float qv = tq[at], kv = tk[at], e = te[at], bv = tb[at];
-      const float X = tX[at], dKt = tdKt[at], dEbar = sdE[at], diag = dAqkd[r * 17 + r - first];
+      const float X = tX[at], dKt = tdKt[at], dEbar = sdE[at], diag = dAqkd[r * 17 + (r & 15)];
       const float de = gamma * dEbar + P;
       const float dqv = (Pq + diag * kv) + gamma * X;
       const float dkv = Q + (Qk + diag * qv) + tail * dKt + de * bv;
-      out.put(at_key, dqv, dkv, de * kv);
+      out.put(key_row(r) * K + d, dqv, dkv, de * kv);
       sP[at] = static_cast<float>(double(gamma * e) * dEbar + double(e) * P - double(kv) * Q + double(qv) * Pq -
                                   double(kv) * Qk + double(gamma * qv) * X);  // dG_r
       sQ[at] = tail * kv;  // Ktail_r
       sQk[at] = dKt;
     }
     __syncthreads();
-    // dg_i = sum_{r >= i} dG_r (+ dG_last, + the Ktail pairs that straddle i), in double: see chunk_gradients.
-    if (tid < kDT && d0 + tid < K) {
-      const int dd = tid, d = d0 + dd;
-      double acc = sg.dglast[(slot * HV + hv) * KP + d];
-      double tail = 0.0;
-      for (int r = 0; r < len; ++r) tail += double(sQ[r * kTS + dd]) * sQk[r * kTS + dd];
-      for (int r = last; r >= 0; --r) {
-        acc += sP[r * kTS + dd];
-        tail -= double(sQ[r * kTS + dd]) * sQk[r * kTS + dd];
-        out.put_dg(key_row(r) * K + d, static_cast<float>(acc + tail));
+    // dg_i = dG_last + sum_{r >= i} dG_r + sum_{r < i} Ktail_r dKtail_r (the Ktail pairs that straddle i), in
+    // double (see chunk_gradients): a warp per channel, lane l holding rows 2l and 2l + 1, a suffix scan of dG and
+    // an exclusive prefix scan of the pairs across the lanes.
+    for (int dd = warp; dd < kDT; dd += kGradWarps) {
+      const int d = d0 + dd, r0 = 2 * lane, r1 = r0 + 1;
+      if (d >= K) continue;
+      const double a0 = r0 < len ? double(sP[r0 * kTS + dd]) : 0.0, a1 = r1 < len ? double(sP[r1 * kTS + dd]) : 0.0;
+      const double t0p = r0 < len ? double(sQ[r0 * kTS + dd]) * sQk[r0 * kTS + dd] : 0.0;
+      const double t1p = r1 < len ? double(sQ[r1 * kTS + dd]) * sQk[r1 * kTS + dd] : 0.0;
+      double suffix = a0 + a1, prefix = t0p + t1p;  // inclusive scans over the lanes: suffix from the top, prefix from 0
+#pragma unroll
+      for (int o = 1; o < 32; o *= 2) {
+        const double below = __shfl_down_sync(0xffffffffu, suffix, o), above = __shfl_up_sync(0xffffffffu, prefix, o);
+        if (lane + o < 32) suffix += below;
+        if (lane >= o) prefix += above;
       }
+      const double glast = sg.dglast[(slot * HV + hv) * KP + d];
+      const double before = prefix - (t0p + t1p);  // sum of the pairs in rows < r0
+      if (r0 < len) out.put_dg(key_row(r0) * K + d, static_cast<float>(glast + suffix + before));
+      if (r1 < len) out.put_dg(key_row(r1) * K + d, static_cast<float>(glast + (suffix - a0) + (before + t0p)));
     }
     __syncthreads();
   }
@@ -794,8 +819,16 @@ void launch_tc_dstate(const Problem& p, const BackwardTensors& x, int N, const P
 // whole state (K = 1: 1 - b_t), and the chunk form's dh0 = Qgamma^T dO - Y^T dR then cancels terms far larger
 // than itself, which bf16 operands cannot afford (tests/test_cuda_backward.cpp, TensorCoreMeetsTheBf16Contract).
 // Such heads are not where speed matters; they run the fp32 program.
+//
+// Shared memory: the chunk-gradient kernel needs ~218 KB per block, which sm_90 offers (227 KB) and sm_80 does
+// not (163 KB): there Mode::fast runs the fp32 program.
 bool tensor_core_backward_eligible(const Problem& p) {
-  return p.dtype != DType::f32 && p.K >= 16 && p.K <= kKMax && p.V <= kVMax;
+  if (p.dtype == DType::f32 || p.K < 16 || p.K > kKMax || p.V > kVMax) return false;
+  int device = 0, max_shared = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+    return false;
+  return chunk_layout::bytes + 256 <= max_shared;
 }
 
 void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, float scale, float* dq, float* dk,
@@ -866,7 +899,7 @@ void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, flo
       auto chunk_kernel = tc_chunk_gradients_kernel<T>;
       check(cudaFuncSetAttribute(chunk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, chunk_layout::bytes), who,
             "cudaFuncSetAttribute(tc_chunk_gradients_kernel, max dynamic shared memory)");
-      chunk_kernel<<<dim3(slots, p.HV), kThreads, chunk_layout::bytes, stream>>>(
+      chunk_kernel<<<dim3(slots, p.HV), kGradThreads, chunk_layout::bytes, stream>>>(
           static_cast<const T*>(x.q), static_cast<const T*>(x.k), static_cast<const T*>(x.v), x.g,
           static_cast<const T*>(x.b), static_cast<const T*>(x.w), p.cu_seqlens, N, p.T, p.H, p.HV, p.K, p.V, KP, VP,
           pw, sg, KeyGradients<T>{dq == nullptr, static_cast<T*>(x.dq), static_cast<T*>(x.dk), static_cast<T*>(x.db),

@@ -5,7 +5,8 @@
 
 namespace gdr2::cuda::detail {
 
-// bf16 / f16 inputs with 16 <= K <= 128 and V <= 128; otherwise Mode::fast runs the fp32 backward.
+// bf16 / f16 inputs with 16 <= K <= 128 and V <= 128, on a device with 227 KB of shared memory per block (sm_90);
+// otherwise Mode::fast runs the fp32 backward.
 bool tensor_core_backward_eligible(const Problem& p);
 
 // The backward on tensor cores (chunk_backward_tc.cu): phase A (the forward's prepare kernel, with A), the

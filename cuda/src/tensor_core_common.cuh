@@ -84,12 +84,12 @@ __device__ __forceinline__ void store_tile_bf16(const float* stage, int rows, Ro
 }
 
 // Issues cp.async copies of a 64-row bf16 tile: row r < rows_ok from src + r * src_ld, `Pieces` 16-byte
-// pieces per row, piece p valid when p < valid_pieces; everything else is zero-filled.
-template <int Pieces>
+// pieces per row, piece p valid when p < valid_pieces; everything else is zero-filled. `Threads`: the block size.
+template <int Pieces, int Threads = kThreads>
 __device__ __forceinline__ void async_rows(bf16* dst, int ld, const bf16* src, std::int64_t src_ld, int rows_ok,
                                            int valid_pieces, int tid) {
 #pragma unroll
-  for (int i = tid; i < kC * Pieces; i += kThreads) {
+  for (int i = tid; i < kC * Pieces; i += Threads) {
     const int r = i / Pieces, p = i % Pieces;
     const bool ok = r < rows_ok && p < valid_pieces;
     __pipeline_memcpy_async(dst + r * ld + 8 * p, ok ? src + r * src_ld + 8 * p : src, 16, ok ? 0 : 16);
