@@ -1,32 +1,33 @@
-// Gate-aware chunkwise backward on tensor cores (Mode::fast, bf16 / f16 inputs, K, V <= 128): the gradient
-// phase (phase D of chunk_backward.cu) of spec section 6, chunk C = 64, every chunk in parallel.
+// Gate-aware chunkwise backward on tensor cores (Mode::fast, bf16 / f16 inputs, 16 <= K <= 128, V <= 128, sm_90):
+// spec section 6, chunk C = 64, the four phases of the fp32 program (chunk_backward.cu) on tensor cores.
 //
 // Every matrix product runs on bf16 tensor-core operands with fp32 accumulation (WMMA m16n16k16); gates,
 // cumulative decays and the elementwise chain stay fp32, and the sums that cancel (the rows of dG, the
-// reverse cumulative sum into dg, the Ktail pairs) are combined in double exactly as in the fp32 program
+// reverse cumulative sum into dg, the Ktail pairs) are combined in double as in the fp32 program
 // (chunk_backward_program.cuh, chunk_gradients), whose formulas this file follows term by term.
 //
-// Three launches per call:
-//   1. tc_prepare_kernel (chunk_forward_tc.cu) with the extra output A: the state-free intermediates of the
-//      forward in bf16 (Aqk and Qgamma times scale, Y, Ktail, U, A, gamma_C).
-//   2. tc_state_gradients_kernel, one block per (chunk, value head): everything that needs the chunk-start
-//      state S_0 or the chunk-end state gradient dS (both fp32, from the sequential phases):
-//        R = U - Y S_0 (Eq. 23), dR = Aqk^T dO + Ktail dS, dQgamma = dO S_0^T (X), dY = -dR S_0^T,
-//        dKtail = R dS^T, dAqk = dO R^T (s <= r), dZ = A^T dR -> dw = dZ * v, dv = dZ * w,
-//        dG_last = gamma_C rowsum(dS * S_0).
-//      X, dKtail, dAqk (fp32) and dY, dR (bf16) go to a workspace; dv, dw to the outputs.
-//   3. tc_chunk_gradients_kernel, one block per (chunk, value head): the chunk-local chain
+// Five launches per call:
+//   A  tc_prepare_kernel (chunk_forward_tc.cu) with the extra output A: the state-free intermediates of the
+//      forward in bf16 (Aqk and Qgamma times scale, Y, Ktail, U, A = (I + T)^{-1}, gamma_C), per key head.
+//   B  tc_state_kernel<StoreStates> (chunk_forward_tc.cu), per (value tile, value head, sequence), chunks in
+//      order: the chunk-start states S_c (fp32) and R = U - Y S_c (bf16, Eq. 23).
+//   C  tc_dstate_kernel, same items, chunks in reverse: the chunk-end state gradients dS_c (fp32),
+//      dR = Aqk^T dO + Ktail dS (bf16), dS <- Diag(gamma_C) dS + Qgamma^T dO - Y^T dR, and dh0.
+//   D1 tc_state_gradients_kernel, per (chunk, value head, half of the key rows): the products with S_0 and dS:
+//        dQgamma = dO S_0^T (X), dY = -dR S_0^T, dKtail = R dS^T, dAqk = dO R^T (s <= r),
+//        dZ = A^T dR -> dw = dZ * v, dv = dZ * w, dG_last = gamma_C rowsum(dS * S_0).
+//   D2 tc_chunk_gradients_kernel, per (chunk, value head): the chunk-local chain
 //        dA = dR Z^T + dY Ebar^T (strictly lower), dEbar = A^T dY, dT = -tril(A^T dA A^T, -1),
 //      then, per tile of 32 key channels, the gated score VJPs
 //        P = (dT o D) K, Pq = (dAqk o D) K, Q = (dT o D)^T E, Qk = (dAqk o D)^T Q,  D_rs = exp(G_r - G_s),
 //      with the 16 x 16 blocks off the diagonal on tensor cores from rows prescaled by two factors that are
 //      both <= 1 (pivot: the first row of r's block for P, the first row after s's block for Q), the
 //      diagonal blocks in FFMA with the exact decay, and the elementwise rest of section 6 into dq, dk, db
-//      (fp32 atomics: the value heads of a group add into the key head) and dg (reverse cumulative sum).
+//      and dg (stored once when HV == H, fp32 atomics when the value heads of a group add into a key head).
 //      exp(-G) alone and exp of a positive argument are never formed (g = -50 per token underflows to 0).
-// Workspace (per call, stream-ordered): the prepare's (~0.35 GB at B=4, T=4096, H=HV=16, K=V=128) and
-// X, dKtail fp32 [BT, HV, KP], dY bf16 [BT, HV, KP], dR bf16 [BT, HV, VP], dAqk fp32 [BT, HV, 64],
-// dG_last fp32 [chunks, HV, KP] (~0.45 GB at that shape).
+// Workspace (per call, stream-ordered; at B=4, T=4096, H=HV=16, K=V=128): the prepare's bf16 tensors (0.31 GiB),
+// the two fp32 state stores (2 x 256 MiB), R and dR bf16 [BT, HV, VP], X and dKtail fp32 and dY bf16
+// [BT, HV, KP], dAqk fp32 [BT, HV, 64], dG_last fp32 [chunks, HV, KP] (0.50 GiB): 1.32 GiB in all.
 // Precision: each product operand is rounded to bf16 once (unit roundoff 2^-9); the contract is gdr2-verify's
 // bf16 one (error within 8 x that of the reference run in bfloat16).
 #include <type_traits>
@@ -820,7 +821,7 @@ void launch_tc_dstate(const Problem& p, const BackwardTensors& x, int N, const P
 // than itself, which bf16 operands cannot afford (tests/test_cuda_backward.cpp, TensorCoreMeetsTheBf16Contract).
 // Such heads are not where speed matters; they run the fp32 program.
 //
-// Shared memory: the chunk-gradient kernel needs ~218 KB per block, which sm_90 offers (227 KB) and sm_80 does
+// Shared memory: the chunk-gradient kernel needs ~208 KB per block, which sm_90 offers (227 KB) and sm_80 does
 // not (163 KB): there Mode::fast runs the fp32 program.
 bool tensor_core_backward_eligible(const Problem& p) {
   if (p.dtype == DType::f32 || p.K < 16 || p.K > kKMax || p.V > kVMax) return false;
