@@ -235,13 +235,7 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
     const int rb = t / nv, cb = t % nv;
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
-    for (int kb = rb; kb < 4; ++kb) {
-      FragAT a;
-      FragB dr;
-      wmma::load_matrix_sync(a, Ab + 16 * kb * kAB + 16 * rb, kAB);
-      wmma::load_matrix_sync(dr, dRb + 16 * kb * kEB + 16 * cb, kEB);
-      wmma::mma_sync(acc, a, dr, acc);
-    }
+    mma_lower_transposed(acc, Ab, kAB, dRb, kEB, rb, 16 * cb);
     wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
     __syncwarp();
     for (int e = lane; e < 256; e += 32) {
@@ -567,13 +561,7 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
         out = (kind < 9 ? sQ : sQk) + 16 * J * kTS + 16 * nb;
       } else {  // dEbar = A^T dY, row block rb
         const int rb = kind - 12;
-        for (int kb = rb; kb < 4; ++kb) {
-          FragAT a;
-          FragB y;
-          wmma::load_matrix_sync(a, Ab + 16 * kb * kAB + 16 * rb, kAB);
-          wmma::load_matrix_sync(y, dYb + 16 * kb * kEB + d0 + 16 * nb, kEB);
-          wmma::mma_sync(acc, a, y, acc);
-        }
+        mma_lower_transposed(acc, Ab, kAB, dYb, kEB, rb, d0 + 16 * nb);
         out = sdE + 16 * rb * kTS + 16 * nb;
       }
       wmma::store_matrix_sync(out, acc, kTS, wmma::mem_row_major);
@@ -697,13 +685,8 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
   const int c0 = blockIdx.x * VT, hv = blockIdx.y, n = blockIdx.z, h = hv / (HV / H), nk = KP / 16;
   float* stage = reinterpret_cast<float*>(smem + L::stage) + warp * 16 * kStage;
   const SeqRange seq = sequence_range(cu_seqlens, n, T_);
-  __shared__ std::int64_t slot_base_shared;
-  if (tid == 0) {  // chunk slots before sequence n
-    std::int64_t base = 0;
-    if (cu_seqlens == nullptr) base = static_cast<std::int64_t>(n) * ((T_ + kC - 1) / kC);
-    else for (int m = 0; m < n; ++m) base += (cu_seqlens[m + 1] - cu_seqlens[m] + kC - 1) / kC;
-    slot_base_shared = base;
-  }
+  __shared__ std::int64_t slot_base_shared;  // the first chunk slot of sequence n
+  if (tid == 0) slot_base_shared = first_slot(cu_seqlens, n, T_);
   const std::size_t state_base = (static_cast<std::size_t>(n) * HV + hv) * K * V;
   for (int i = tid; i < kKMax * VT; i += kThreads) {  // dS = dht (zeros without it; padding zero)
     const int d = i / VT, c = i % VT;
@@ -741,13 +724,7 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
       const int rb = t / nv, cb = t % nv;
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
-      for (int kb = rb; kb < 4; ++kb) {
-        FragAT a;
-        FragB o;
-        wmma::load_matrix_sync(a, Aq + 16 * kb * kAB + 16 * rb, kAB);
-        wmma::load_matrix_sync(o, dOb + 16 * kb * SB + 16 * cb, SB);
-        wmma::mma_sync(acc, a, o, acc);
-      }
+      mma_lower_transposed(acc, Aq, kAB, dOb, SB, rb, 16 * cb);  // Aqk^T dO
       for (int kb = 0; kb < nk; ++kb) {
         FragA a;
         FragB s;

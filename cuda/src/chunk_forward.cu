@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "chunk_forward_tc.cuh"
+#include "chunk_slots.cuh"
 #include "common.cuh"
 
 namespace gdr2::cuda {
@@ -29,34 +30,6 @@ constexpr int kChunk = 64;
 constexpr int kThreads = 256;
 constexpr int kTile = 32;           // d (or value column) tile of the prepare kernel
 constexpr int kTilePad = kTile + 1;  // row stride of the tiles in shared memory (no bank conflicts)
-
-struct ChunkSlot {
-  int n;             // sequence
-  std::int64_t t0;   // first token (flattened B*T axis)
-  int len;           // tokens in this chunk, 1..64; 0 = no chunk for this slot
-};
-
-// Slot -> (sequence, chunk). Dense: N * ceil(T/64) slots. Packed: ceil(T/64) + N slots (an upper bound of
-// sum_n ceil(len_n / 64)); the block scans cu_seqlens and extra slots get len = 0.
-__device__ ChunkSlot find_chunk(const std::int32_t* cu_seqlens, int N, int T, int slot) {
-  if (cu_seqlens == nullptr) {
-    const int per_seq = (T + kChunk - 1) / kChunk;
-    const int n = slot / per_seq, c = slot % per_seq;
-    const std::int64_t t0 = static_cast<std::int64_t>(n) * T + static_cast<std::int64_t>(c) * kChunk;
-    return {n, t0, min(kChunk, T - c * kChunk)};
-  }
-  int first = 0;
-  for (int n = 0; n < N; ++n) {
-    const int bos = cu_seqlens[n], eos = cu_seqlens[n + 1];
-    const int chunks = (eos - bos + kChunk - 1) / kChunk;
-    if (slot < first + chunks) {
-      const int c = slot - first;
-      return {n, bos + static_cast<std::int64_t>(c) * kChunk, min(kChunk, eos - bos - c * kChunk)};
-    }
-    first += chunks;
-  }
-  return {0, 0, 0};
-}
 
 // Cumulative log-decay of a 64-row tile of `Channels` channels, in place, by the whole block: on entry
 // hi[r][c] = g_r (0 for rows >= len), on exit hi[r][c] + lo[r][c] = G_r = sum_{i<=r} g_i, summed in double
@@ -129,10 +102,10 @@ chunk_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* 
   float* s_a = smem + kTileRegion;                // A  [64][65]
   constexpr int kRow = kChunk + 1;
 
-  __shared__ ChunkSlot slot_shared;
-  if (threadIdx.x == 0) slot_shared = find_chunk(cu_seqlens, N, T_, blockIdx.x);
+  __shared__ Slot slot_shared;
+  if (threadIdx.x == 0) slot_shared = find_slot(cu_seqlens, N, T_, blockIdx.x);
   __syncthreads();
-  const ChunkSlot chunk = slot_shared;
+  const Slot chunk = slot_shared;
   if (chunk.len <= 0) return;
   const int h = blockIdx.y, tid = threadIdx.x, len = chunk.len;
   auto key_index = [&](int r, int d) { return ((chunk.t0 + r) * H + h) * static_cast<std::int64_t>(K) + d; };

@@ -363,13 +363,8 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
   const int c0 = blockIdx.x * VT, hv = blockIdx.y, n = blockIdx.z, h = hv / (HV / H);
   const int nk = KP / 16, key_pieces = KP / 8, u_valid = max(0, min(VT, VP - c0)) / 8;
   const SeqRange seq = sequence_range(cu_seqlens, n, T_);
-  __shared__ std::int64_t slot_base_shared;
-  if (tid == 0) {  // chunk slots before sequence n (the prepare kernel's numbering of gamma_C)
-    std::int64_t base = 0;
-    if (cu_seqlens == nullptr) base = static_cast<std::int64_t>(n) * ((T_ + kC - 1) / kC);
-    else for (int m = 0; m < n; ++m) base += (cu_seqlens[m + 1] - cu_seqlens[m] + kC - 1) / kC;
-    slot_base_shared = base;
-  }
+  __shared__ std::int64_t slot_base_shared;  // the first chunk slot of sequence n
+  if (tid == 0) slot_base_shared = first_slot(cu_seqlens, n, T_);
   const std::size_t state_base = (static_cast<std::size_t>(n) * HV + hv) * K * V;
 
   auto key_src = [&](const bf16* ws, std::int64_t t0) { return ws + (t0 * H + h) * static_cast<std::int64_t>(KP); };

@@ -7,13 +7,14 @@
 
 #include <cstdint>
 
+#include "chunk_slots.cuh"
 #include "common.cuh"
 
 namespace gdr2::cuda::detail::tc {
 namespace wmma = nvcuda::wmma;
 using bf16 = __nv_bfloat16;
 
-constexpr int kC = 64;           // chunk
+constexpr int kC = kSlotTokens;  // chunk
 constexpr int kThreads = 256;    // 8 warps
 constexpr int kWarps = kThreads / 32;
 constexpr int kKMax = 128;       // largest K (and, in the backward, V) of the tensor-core path
@@ -39,38 +40,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-struct Slot {
-  int n;            // sequence
-  std::int64_t t0;  // first token (flattened B*T axis)
-  int len;          // tokens in the chunk, 1..64; 0 = no chunk for this slot
-};
-
-// Slot -> (sequence, chunk); slots are numbered sequence by sequence (slot = chunks before n + chunk), the
-// same numbering as the backward's chunk-start state store.
-__device__ inline Slot find_slot(const std::int32_t* cu_seqlens, int N, int T, int slot) {
-  if (cu_seqlens == nullptr) {
-    const int per_seq = (T + kC - 1) / kC;
-    const int n = slot / per_seq, c = slot % per_seq;
-    if (n >= N) return {0, 0, 0};
-    return {n, static_cast<std::int64_t>(n) * T + static_cast<std::int64_t>(c) * kC, min(kC, T - c * kC)};
-  }
-  int first = 0;
-  for (int n = 0; n < N; ++n) {
-    const int bos = cu_seqlens[n], eos = cu_seqlens[n + 1];
-    const int chunks = (eos - bos + kC - 1) / kC;
-    if (slot < first + chunks) {
-      const int c = slot - first;
-      return {n, bos + static_cast<std::int64_t>(c) * kC, min(kC, eos - bos - c * kC)};
-    }
-    first += chunks;
-  }
-  return {0, 0, 0};
-}
-
-__device__ __forceinline__ int chunk_length(std::int64_t t0, std::int64_t eos) {
-  return eos - t0 < kC ? static_cast<int>(eos - t0) : kC;
-}
-
 // Stores a 16 x 16 fp32 tile (staged in shared memory, row stride kStage) as bf16 rows of global memory:
 // row i goes to dst(i) unless i >= rows; each lane writes 8 consecutive values (one 16-byte store).
 template <class RowPtr>
@@ -93,6 +62,20 @@ __device__ __forceinline__ void async_rows(bf16* dst, int ld, const bf16* src, s
     const int r = i / Pieces, p = i % Pieces;
     const bool ok = r < rows_ok && p < valid_pieces;
     __pipeline_memcpy_async(dst + r * ld + 8 * p, ok ? src + r * src_ld + 8 * p : src, 16, ok ? 0 : 16);
+  }
+}
+
+// acc += L^T X for the 16 x 16 output block (rb, cb): L is a lower-triangular 64 x 64 bf16 matrix (row stride
+// ldl), so (L^T)_{r, r2} = L_{r2 r} needs r2 >= r and only the k blocks kb >= rb contribute; X is bf16 with
+// row stride ldx, the output's 16 columns taken from X's columns x_col .. x_col + 15.
+__device__ __forceinline__ void mma_lower_transposed(FragC& acc, const bf16* L, int ldl, const bf16* X, int ldx,
+                                                     int rb, int x_col) {
+  for (int kb = rb; kb < 4; ++kb) {
+    FragAT a;  // (i, kk) = L[16 kb + kk][16 rb + i]
+    FragB x;
+    wmma::load_matrix_sync(a, L + 16 * kb * ldl + 16 * rb, ldl);
+    wmma::load_matrix_sync(x, X + 16 * kb * ldx + x_col, ldx);
+    wmma::mma_sync(acc, a, x, acc);
   }
 }
 
