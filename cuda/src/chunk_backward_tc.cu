@@ -10,8 +10,8 @@
 //   A  tc_prepare_kernel (chunk_forward_tc.cu) with the extra output A: the state-free intermediates of the
 //      forward in bf16 (Aqk and Qgamma times scale, Y, Ktail, U, A = (I + T)^{-1}, gamma_C), per key head.
 //   B  tc_state_kernel<StoreStates> (chunk_forward_tc.cu), per (value tile, value head, sequence), chunks in
-//      order: the chunk-start states S_c (fp32) and R = U - Y S_c (bf16, Eq. 23).
-//   C  tc_dstate_kernel, same items, chunks in reverse: the chunk-end state gradients dS_c (fp32),
+//      order: the chunk-start states S_c and R = U - Y S_c (Eq. 23), both bf16 (the operands phase D uses).
+//   C  tc_dstate_kernel, same items, chunks in reverse: the chunk-end state gradients dS_c (bf16),
 //      dR = Aqk^T dO + Ktail dS (bf16), dS <- Diag(gamma_C) dS + Qgamma^T dO - Y^T dR, and dh0.
 //   D1 tc_state_gradients_kernel, per (chunk, value head, half of the key rows): the products with S_0 and dS:
 //        dQgamma = dO S_0^T (X), dY = -dR S_0^T, dKtail = R dS^T, dAqk = dO R^T (s <= r),
@@ -26,8 +26,8 @@
 //      and dg (stored once when HV == H, fp32 atomics when the value heads of a group add into a key head).
 //      exp(-G) alone and exp of a positive argument are never formed (g = -50 per token underflows to 0).
 // Workspace (per call, stream-ordered; at B=4, T=4096, H=HV=16, K=V=128): the prepare's bf16 tensors (0.31 GiB),
-// the two fp32 state stores (2 x 256 MiB), R and dR bf16 [BT, HV, VP], X and dKtail fp32 and dY bf16
-// [BT, HV, KP], dAqk fp32 [BT, HV, 64], dG_last fp32 [chunks, HV, KP] (0.50 GiB): 1.32 GiB in all.
+// the two bf16 state stores (2 x 128 MiB), R and dR bf16 [BT, HV, VP], X and dKtail fp32 and dY bf16
+// [BT, HV, KP], dAqk fp32 [BT, HV, 64], dG_last fp32 [chunks, HV, KP] (0.50 GiB): 1.06 GiB in all.
 // Precision: each product operand is rounded to bf16 once (unit roundoff 2^-9); the contract is gdr2-verify's
 // bf16 one (error within 8 x that of the reference run in bfloat16).
 #include <type_traits>
@@ -97,8 +97,8 @@ struct StateGradLayout {  // byte offsets in dynamic shared memory; `rows` key r
 template <class T>
 __global__ void __launch_bounds__(kThreads, 2)
 tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, const T* __restrict__ w,
-                          T* __restrict__ dv, T* __restrict__ dw, const float* __restrict__ states,
-                          const float* __restrict__ dstates, const std::int32_t* __restrict__ cu_seqlens, int N,
+                          T* __restrict__ dv, T* __restrict__ dw, const bf16* __restrict__ states,
+                          const bf16* __restrict__ dstates, const std::int32_t* __restrict__ cu_seqlens, int N,
                           int T_, int H, int HV, int K, int V, int KP, int VP, float scale, PrepareWorkspace pw,
                           StateGradients sg) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -127,41 +127,16 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
   async_rows<kVMax / 8>(Rb, kEB, sg.r + val_row(0) * VP, std::int64_t(HV) * VP, len, VP / 8, tid);
   async_rows<kVMax / 8>(dRb, kEB, sg.dr + val_row(0) * VP, std::int64_t(HV) * VP, len, VP / 8, tid);
   async_rows<kC / 8>(Ab, kAB, pw.a + key_row(0) * kC, std::int64_t(H) * kC, len, kC / 8, tid);
-  __pipeline_commit();
-  // This block's rows of S_0 and dS (fp32 -> bf16 operands) and dG_last = gamma_C rowsum(dS * S_0) in fp32:
-  // a warp per key row, four rows at a time with all 32 loads of a lane issued before their first use.
-  const float* S0g = states + (static_cast<std::size_t>(slot) * HV + hv) * K * V;
-  const float* dSg = dstates + (static_cast<std::size_t>(slot) * HV + hv) * K * V;
-  for (int base = 0; base < rows; base += 4 * kWarps) {
-    float s[4][4], ds[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int d = d_begin + base + warp + kWarps * i;
-#pragma unroll
-      for (int m = 0; m < 4; ++m) {
-        const int j = lane + 32 * m;
-        const bool ok = d < K && j < V;
-        s[i][m] = ok ? S0g[d * V + j] : 0.0f;
-        ds[i][m] = ok ? dSg[d * V + j] : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = base + warp + kWarps * i, d = d_begin + row;
-      if (row >= rows) break;
-      float acc = 0.0f;
-#pragma unroll
-      for (int m = 0; m < 4; ++m) {
-        const int j = lane + 32 * m;
-        acc = fmaf(ds[i][m], s[i][m], acc);
-        S0b[row * kEB + j] = __float2bfloat16_rn(s[i][m]);
-        dSb[row * kEB + j] = __float2bfloat16_rn(ds[i][m]);
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-      if (lane == 0) sg.dglast[(slot * HV + hv) * KP + d] = d < K ? pw.gamma_c[(slot * H + h) * KP + d] * acc : 0.0f;
-    }
+  // This block's rows of S_0 and dS (bf16 [KP][VP] from phases B and C; columns past VP zero-filled).
+  const bf16* S0g = states + (static_cast<std::size_t>(slot) * HV + hv) * KP * VP + static_cast<std::size_t>(d_begin) * VP;
+  const bf16* dSg = dstates + (static_cast<std::size_t>(slot) * HV + hv) * KP * VP + static_cast<std::size_t>(d_begin) * VP;
+  for (int i = tid; i < rows * (kVMax / 8); i += kThreads) {
+    const int row = i / (kVMax / 8), piece = i % (kVMax / 8);
+    const bool ok = 8 * piece < VP;
+    __pipeline_memcpy_async(S0b + row * kEB + 8 * piece, ok ? S0g + row * VP + 8 * piece : S0g, 16, ok ? 0 : 16);
+    __pipeline_memcpy_async(dSb + row * kEB + 8 * piece, ok ? dSg + row * VP + 8 * piece : dSg, 16, ok ? 0 : 16);
   }
+  __pipeline_commit();
 #pragma unroll 8
   for (int i = tid; i < kC * kVMax; i += kThreads) {
     const int r = i / kVMax, j = i % kVMax;
@@ -169,6 +144,19 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
   }
   __pipeline_wait_prior(0);
   __syncthreads();
+  // dG_last = gamma_C rowsum(dS * S_0) from the bf16 operands (fp32 products and sum): a warp per key row.
+  for (int row = warp; row < rows; row += kWarps) {
+    const int d = d_begin + row;
+    float acc = 0.0f;
+#pragma unroll
+    for (int m = 0; m < kVMax / 32; ++m) {
+      const int j = lane + 32 * m;
+      acc = fmaf(__bfloat162float(dSb[row * kEB + j]), __bfloat162float(S0b[row * kEB + j]), acc);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) sg.dglast[(slot * HV + hv) * KP + d] = d < K ? pw.gamma_c[(slot * H + h) * KP + d] * acc : 0.0f;
+  }
 
   // X = dQgamma = scale dO S_0^T, dY = -dR S_0^T, dKtail = R dS^T (64 x rows, reductions over V).
   for (int t = warp; t < 4 * nk; t += kWarps) {
@@ -667,7 +655,7 @@ template <class T, int VT>
 __global__ void __launch_bounds__(kThreads, 2)
 tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, float* __restrict__ dh0,
                  const std::int32_t* __restrict__ cu_seqlens, int T_, int H, int HV, int K, int V, int KP,
-                 int VP, PrepareWorkspace pw, float* __restrict__ dstates, bf16* __restrict__ dr_out) {
+                 int VP, PrepareWorkspace pw, bf16* __restrict__ dstates, bf16* __restrict__ dr_out) {
   using L = DStateLayout<VT>;
   constexpr int SF = L::SF, SB = L::SB, nv = VT / 16;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -708,10 +696,13 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
     for (int i = tid; i < KP / 4; i += kThreads)
       __pipeline_memcpy_async(gam + 4 * i, pw.gamma_c + (slot * H + h) * KP + 4 * i, 16);
     __pipeline_commit();
-    float* out = dstates + (slot * HV + hv) * static_cast<std::size_t>(K) * V;  // gradient of this chunk's end state
-    for (int i = tid; i < K * VT; i += kThreads) {
-      const int d = i / VT, c = i % VT;
-      if (c0 + c < V) out[static_cast<std::size_t>(d) * V + c0 + c] = dS32[d * SF + c];
+    // The gradient of this chunk's end state, bf16 (the operand phase D's products use).
+    bf16* out = dstates + (slot * HV + hv) * static_cast<std::size_t>(KP) * VP;
+    for (int i = tid; i < KP * (VT / 8); i += kThreads) {
+      const int d = i / (VT / 8), piece = i % (VT / 8), c = c0 + 8 * piece;
+      if (c < VP)
+        *reinterpret_cast<uint4*>(out + static_cast<std::size_t>(d) * VP + c) =
+            *reinterpret_cast<const uint4*>(dSb + d * SB + 8 * piece);
     }
     for (int i = tid; i < kC * VT; i += kThreads) {
       const int r = i / VT, c = i % VT;
@@ -779,7 +770,7 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
 }
 
 template <class T, int VT>
-void launch_tc_dstate(const Problem& p, const BackwardTensors& x, int N, const PrepareWorkspace& pw, float* dstates,
+void launch_tc_dstate(const Problem& p, const BackwardTensors& x, int N, const PrepareWorkspace& pw, bf16* dstates,
                       bf16* dr_out, cudaStream_t stream, const char* who) {
   constexpr int bytes = DStateLayout<VT>::bytes;
   auto kernel = tc_dstate_kernel<T, VT>;
@@ -822,11 +813,10 @@ void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, flo
   const std::size_t vsq = static_cast<std::size_t>(tokens) * p.HV * kC;   // [BT, HV, 64]
   const std::size_t gam = static_cast<std::size_t>(slots) * p.H * KP;
   const std::size_t glast = static_cast<std::size_t>(slots) * p.HV * KP;
-  const std::size_t state = static_cast<std::size_t>(slots) * p.HV * p.K * p.V;
-  // bf16 parts first, then fp32; every part is a multiple of 16 bytes (KP, VP multiples of 16) except the
-  // state stores (K V floats each), which come last.
-  const std::size_t bf16_count = 2 * sq + 3 * key + val + vkey + 2 * val;
-  const std::size_t f32_count = gam + 2 * vkey + vsq + glast + 2 * state;
+  const std::size_t state = static_cast<std::size_t>(slots) * p.HV * KP * VP;
+  // bf16 parts first, then fp32; every part is a multiple of 16 bytes (KP, VP multiples of 16).
+  const std::size_t bf16_count = 2 * sq + 3 * key + val + vkey + 2 * val + 2 * state;
+  const std::size_t f32_count = gam + 2 * vkey + vsq + glast;
   StreamBuffer workspace(bf16_count * sizeof(bf16) + f32_count * sizeof(float), stream, who);
   PrepareWorkspace pw;
   pw.aqk = workspace.as<bf16>();
@@ -839,13 +829,13 @@ void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, flo
   sg.dy = pw.u + val;
   sg.r = sg.dy + vkey;
   sg.dr = sg.r + val;
-  pw.gamma_c = reinterpret_cast<float*>(sg.dr + val);
+  pw.gamma_c = reinterpret_cast<float*>(sg.dr + val + 2 * state);
   sg.x = pw.gamma_c + gam;
   sg.dkt = sg.x + vkey;
   sg.daqk = sg.dkt + vkey;
   sg.dglast = sg.daqk + vsq;
-  float* states = sg.dglast + glast;
-  float* dstates = states + state;
+  bf16* states = sg.dr + val;
+  bf16* dstates = states + state;
   // Phase A.
   launch_tensor_core_prepare(p, x.q, x.k, x.v, x.g, x.b, x.w, N, scale, pw, stream, who);
   // Phases B and C: 32 value columns per block (two blocks per SM) when that gives every SM a block, else 16

@@ -339,13 +339,13 @@ struct StateLayout {  // byte offsets in dynamic shared memory (every buffer 128
 };
 
 // StoreStates (the backward's forward pass, phase B): no output; the chunk-start state S_c of every chunk is
-// written to `states` [slots, HV, K, V] (fp32) instead, and Qgamma is neither loaded nor used.
+// written to `states` [slots, HV, KP, VP] (bf16) instead, and Qgamma is neither loaded nor used.
 template <class T, int VT, bool StoreStates = false>
 __global__ void __launch_bounds__(kThreads, 1)
 tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_t* __restrict__ cu_seqlens, int T_,
                 int H, int HV, int K, int V, int KP, int VP, const bf16* __restrict__ ws_aqk,
                 const bf16* __restrict__ ws_y, const bf16* __restrict__ ws_u, const bf16* __restrict__ ws_qg,
-                const bf16* __restrict__ ws_ktail, const float* __restrict__ ws_gamma_c, float* __restrict__ states,
+                const bf16* __restrict__ ws_ktail, const float* __restrict__ ws_gamma_c, bf16* __restrict__ states,
                 bf16* __restrict__ r_out) {
   using L = StateLayout<VT>;
   constexpr int SF = L::SF, SB = L::SB, nv = VT / 16;
@@ -396,11 +396,13 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     bf16* Xq = X[(ci & 1) ^ 1];  // Qgamma, later the next chunk's Y
     __pipeline_wait_prior(0);
     __syncthreads();  // Y, Aqk, U, gamma_C of this chunk are in shared memory
-    if constexpr (StoreStates) {  // S_c, the state at this chunk's start (phase B of the backward)
-      float* out = states + ((slot_base + ci) * HV + hv) * static_cast<std::size_t>(K) * V;
-      for (int i = tid; i < K * VT; i += kThreads) {
-        const int d = i / VT, c = i % VT;
-        if (c0 + c < V) out[static_cast<std::size_t>(d) * V + c0 + c] = S32[d * SF + c];
+    if constexpr (StoreStates) {  // S_c (bf16, the operand the products use), the state at this chunk's start
+      bf16* out = states + ((slot_base + ci) * HV + hv) * static_cast<std::size_t>(KP) * VP;
+      for (int i = tid; i < KP * (VT / 8); i += kThreads) {
+        const int d = i / (VT / 8), piece = i % (VT / 8), c = c0 + 8 * piece;
+        if (c < VP)
+          *reinterpret_cast<uint4*>(out + static_cast<std::size_t>(d) * VP + c) =
+              *reinterpret_cast<const uint4*>(Sb + d * SB + 8 * piece);
       }
     } else {
       async_rows<kKMax / 8>(Xq, kEB, key_src(ws_qg, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
@@ -531,7 +533,7 @@ void launch_tc_state(const Problem& p, const ForwardTensors& x, int N, int KP, i
 }
 
 template <class T, int VT>
-void launch_tc_states(const Problem& p, const float* h0, int N, const PrepareWorkspace& w, float* states,
+void launch_tc_states(const Problem& p, const float* h0, int N, const PrepareWorkspace& w, bf16* states,
                       bf16* r_out, cudaStream_t stream, const char* who) {
   constexpr int bytes = StateLayout<VT>::bytes;
   auto kernel = tc_state_kernel<T, VT, true>;
@@ -596,7 +598,7 @@ void launch_tensor_core_prepare(const Problem& p, const void* q, const void* k, 
 }
 
 void launch_tensor_core_states(const Problem& p, const float* h0, int N, const PrepareWorkspace& ws, int vt,
-                               float* states, bf16* r_out, cudaStream_t stream, const char* who) {
+                               bf16* states, bf16* r_out, cudaStream_t stream, const char* who) {
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (vt == 32) launch_tc_states<T, 32>(p, h0, N, ws, states, r_out, stream, who);

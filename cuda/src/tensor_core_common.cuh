@@ -102,9 +102,9 @@ void launch_tensor_core_prepare(const Problem& p, const void* q, const void* k, 
                                 cudaStream_t stream, const char* who);
 
 // Phase B of the tensor-core backward: tc_state_kernel (chunk_forward_tc.cu) without the output, writing the
-// chunk-start state of every chunk to `states` [slots, HV, K, V] (fp32) and R = U - Y S_c (bf16, as its products
-// used it) to r_out [BT, HV, VP]; vt (16 or 32) is its value tile.
+// chunk-start state of every chunk to `states` [slots, HV, KP, VP] and R = U - Y S_c to r_out [BT, HV, VP], both
+// bf16 as its products used them; vt (16 or 32) is its value tile.
 void launch_tensor_core_states(const Problem& p, const float* h0, int N, const PrepareWorkspace& ws, int vt,
-                               float* states, bf16* r_out, cudaStream_t stream, const char* who);
+                               bf16* states, bf16* r_out, cudaStream_t stream, const char* who);
 
 }  // namespace gdr2::cuda::detail::tc
