@@ -232,12 +232,15 @@ GDR2_BENCHMARK("cuda/chunk_forward_backward", "CUDA chunk forward + backward (fa
   if (!gdr2::cuda::device_available()) return;
   for (Shape s : chunk_shapes(ctx)) {
     DeviceProblem d(s.B, s.T, 16, 128, true);
-    // fast: tensor-core backward; fast-fp32-backward: Mode::fast with GDR2_CUDA_BACKWARD_KERNEL=fp32 (the
-    // fp32 program, the comparison in the same run); accurate: fp32 forward and backward.
-    struct Variant { gdr2::cuda::Mode mode; const char* name; const char* backward_kernel; };
-    for (const Variant variant : {Variant{gdr2::cuda::Mode::fast, "fast", nullptr},
-                                  Variant{gdr2::cuda::Mode::fast, "fast-fp32-backward", "fp32"},
-                                  Variant{gdr2::cuda::Mode::accurate, "accurate", nullptr}}) {
+    // fast-saved: the training pair, the forward filling a SavedForward that the tensor-core backward starts
+    // from; fast: tensor-core backward recomputing the forward's intermediates; fast-fp32-backward: Mode::fast
+    // with GDR2_CUDA_BACKWARD_KERNEL=fp32 (the fp32 program, the comparison in the same run); accurate: fp32
+    // forward and backward.
+    struct Variant { gdr2::cuda::Mode mode; const char* name; const char* backward_kernel; bool saved; };
+    for (const Variant variant : {Variant{gdr2::cuda::Mode::fast, "fast-saved", nullptr, true},
+                                  Variant{gdr2::cuda::Mode::fast, "fast", nullptr, false},
+                                  Variant{gdr2::cuda::Mode::fast, "fast-fp32-backward", "fp32", false},
+                                  Variant{gdr2::cuda::Mode::accurate, "accurate", nullptr, false}}) {
       const gdr2::cuda::Mode mode = variant.mode;
       const char* m = variant.name;
       if (variant.backward_kernel) setenv("GDR2_CUDA_BACKWARD_KERNEL", variant.backward_kernel, 1);
@@ -250,9 +253,15 @@ GDR2_BENCHMARK("cuda/chunk_forward_backward", "CUDA chunk forward + backward (fa
       auto f = d.forward();
       Buffer ht(d.state.bytes);
       f.ht = ht.as<float>();  // keep h0 intact (the backward reads it)
+      gdr2::cuda::SavedForward saved;
       double ms_bwd = 0;
       try {
-        ms_bwd = median_ms(repeats(ctx), [&] { gdr2::cuda::chunk_backward(d.p, x, mode); });
+        if (variant.saved) {  // the backward alone, from the intermediates of one forward
+          gdr2::cuda::chunk_forward(d.p, f, mode, saved);
+          ms_bwd = median_ms(repeats(ctx), [&] { gdr2::cuda::chunk_backward(d.p, x, mode, saved); });
+        } else {
+          ms_bwd = median_ms(repeats(ctx), [&] { gdr2::cuda::chunk_backward(d.p, x, mode); });
+        }
       } catch (const std::exception& e) {  // a backward still being written must not hide the forward rows
         gdr2_bench::Row r = row(std::string("cuda/chunk_forward_backward/") + m, d, "bf16", 0, 0, "");
         r.seconds = r.tokens_per_second = r.gb_per_second = r.floor_fraction = 0;
@@ -261,14 +270,20 @@ GDR2_BENCHMARK("cuda/chunk_forward_backward", "CUDA chunk forward + backward (fa
         continue;
       }
       const double ms = median_ms(repeats(ctx), [&] {
-        gdr2::cuda::chunk_forward(d.p, f, mode);
-        gdr2::cuda::chunk_backward(d.p, x, mode);
+        if (variant.saved) {
+          gdr2::cuda::chunk_forward(d.p, f, mode, saved);
+          gdr2::cuda::chunk_backward(d.p, x, mode, saved);
+        } else {
+          gdr2::cuda::chunk_forward(d.p, f, mode);
+          gdr2::cuda::chunk_backward(d.p, x, mode);
+        }
       });
       // Forward bytes + backward: reads q, k, v, b, w, dout (bf16), g, h0, dht; writes 6 grads + dg, dh0.
       const double n = double(s.B) * s.T * 16 * 128;
       const double bytes = d.forward_bytes() + n * (6 * 2 + 4 + 5 * 2 + 4 + 2) + 3.0 * s.B * 16 * 128 * 128 * 4;
       ctx.report(row(std::string("cuda/chunk_forward_backward/") + m, d, "bf16", ms, bytes,
                      "backward alone " + std::to_string(ms_bwd).substr(0, 6) + " ms" +
+                         (variant.saved ? "; saved " + std::to_string(saved.device_bytes() >> 20) + " MiB" : "") +
                          (s.B == 4 ? "; target <= 6.8 ms (goal 4.5)" : "")));
     }
     unsetenv("GDR2_CUDA_BACKWARD_KERNEL");

@@ -337,7 +337,8 @@ struct ScalarDecayCheck {
   double err, baseline, ratio;
 };
 
-Grads run_gpu(const Problem& p, DType t, Mode mode, bool want_dh0);  // below, with the GPU tests
+Grads run_gpu(const Problem& p, DType t, Mode mode, bool want_dh0,
+              gdr2::cuda::SavedForward* saved);  // below, with the GPU tests
 
 // The backward's sum_i dg_t[i] (the emulation's, or the GPU kernel's in accurate mode) against the double
 // oracle, and the verify tool's baseline: the reference backward (gdr2::batched_backward) in float, worst of
@@ -359,7 +360,7 @@ ScalarDecayCheck scalar_decay_check(const gdr2::Batch<double>& batch, std::uint6
     const auto g = gdr2::batched_backward(xf, dout_f, dht_f, form, chunk);
     baseline = std::max(baseline, relative_error(channel_sums(to_doubles(g.dg), K), exact));
   }
-  const Grads got = on_gpu ? run_gpu(p, DType::f32, Mode::accurate, true) : run_emulation(p);
+  const Grads got = on_gpu ? run_gpu(p, DType::f32, Mode::accurate, true, nullptr) : run_emulation(p);
   const double err = relative_error(channel_sums(got.dg, K), exact);
   return {err, baseline, err / std::max(baseline, unit_roundoff(DType::f32))};
 }
@@ -438,7 +439,10 @@ TEST(CudaBackwardApi, RejectsBadArguments) {
 
 // ---- the kernel on the GPU ----------------------------------------------------------------------------
 
-Grads run_gpu(const Problem& p, DType t, Mode mode, bool want_dh0 = true) {
+// With `saved`, the backward runs after a forward that fills it (the training pair of gdr2/cuda.hpp); that forward's
+// output and final state are checked to equal, bit for bit, those of a forward without it.
+Grads run_gpu(const Problem& p, DType t, Mode mode, bool want_dh0 = true, gdr2::cuda::SavedForward* saved = nullptr);
+Grads run_gpu(const Problem& p, DType t, Mode mode, bool want_dh0, gdr2::cuda::SavedForward* saved) {
   const auto& x = p.rounded;
   DeviceBatch d = to_device(x, t);  // uploads the (already rounded) inputs: exact
   DeviceBuffer dout = upload(p.dout, t), dht;
@@ -453,7 +457,19 @@ Grads run_gpu(const Problem& p, DType t, Mode mode, bool want_dh0 = true) {
   bt.dout = dout.get(); bt.dht = dht.bytes() ? dht.as<float>() : nullptr;
   bt.dq = dq.get(); bt.dk = dk.get(); bt.dg = dg.as<float>(); bt.db = db.get(); bt.dv = dv.get(); bt.dw = dw.get();
   bt.dh0 = want_dh0 ? dh0.as<float>() : nullptr;
-  gdr2::cuda::chunk_backward(d.problem, bt, mode);
+  if (saved != nullptr) {
+    gdr2::cuda::chunk_forward(d.problem, d.forward_tensors(), mode);
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize after chunk_forward");
+    const std::vector<double> o = d.output(), ht = d.final_state();
+    d.o.fill_bytes(0xFF);
+    gdr2::cuda::chunk_forward(d.problem, d.forward_tensors(), mode, *saved);
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize after chunk_forward (SavedForward)");
+    EXPECT_EQ(d.output(), o) << "the forward's output with a SavedForward";
+    EXPECT_EQ(d.final_state(), ht) << "the forward's final state with a SavedForward";
+    gdr2::cuda::chunk_backward(d.problem, bt, mode, *saved);
+  } else {
+    gdr2::cuda::chunk_backward(d.problem, bt, mode);
+  }
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize after chunk_backward");
   Grads g;
   g.dq = download(dq, keys, t); g.dk = download(dk, keys, t); g.db = download(db, keys, t);
@@ -632,6 +648,101 @@ TEST(CudaBackward, SmallTensorCoreVarlenGva) {
   const Problem p = make_problem(batch, DType::bf16, true, 8);
   const ContractCheck check = bf16_contract(p, bf16_oracle(p), run_gpu(p, DType::bf16, Mode::fast));
   EXPECT_LE(check.worst_ratio, 1.0) << check.report;
+}
+
+TEST(CudaBackward, SavedForwardGivesTheSameGradientsBitForBit) {
+  GDR2_REQUIRE_DEVICE();
+  // A backward that starts from a SavedForward runs the same products on the same operands as one that recomputes
+  // phases A and B: every gradient must be equal bit for bit (the forward's o and ht too, checked in run_gpu). A
+  // NaN-filled output that the shortened backward left unwritten would fail the comparison.
+  struct Case { const char* what; gdr2::Batch<double> batch; DType t; };
+  const Case cases[] = {
+      {"paper head, GVA 2:4, T=200", gdr2_test::random_batch(21, 2, 200, 2, 4, 128, 128), DType::bf16},
+      {"f16 B=1 T=150 H=HV=2 K=64 V=32", gdr2_test::random_batch(22, 1, 150, 2, 2, 64, 32), DType::f16},
+      {"varlen {5, 64, 0, 130, 1} GVA", gdr2_test::random_batch(34, 1, 0, 2, 4, 32, 32, Gates::typical, true, {5, 64, 0, 130, 1}), DType::bf16},
+      {"odd K=40 V=24 T=70, no h0", gdr2_test::random_batch(39, 1, 70, 1, 1, 40, 24, Gates::typical, false), DType::bf16},
+      {"T=1", gdr2_test::random_batch(31, 3, 1, 1, 2, 32, 32), DType::bf16},
+      {"strong decay (g to -50)", gdr2_test::random_batch(35, 1, 200, 1, 2, 64, 64, Gates::strong_decay), DType::bf16},
+  };
+  gdr2::cuda::SavedForward saved;  // one object across the cases: its buffer grows and is reused
+  for (const Case& c : cases) {
+    const Problem p = make_problem(c.batch, c.t, true, 9);
+    Grads plain = run_gpu(p, c.t, Mode::fast);
+    Grads from_saved = run_gpu(p, c.t, Mode::fast, true, &saved);
+    EXPECT_TRUE(saved.filled()) << c.what;
+    EXPECT_GT(saved.device_bytes(), 0u) << c.what;
+    for (int i = 0; i < 7; ++i)
+      EXPECT_TRUE(*fields(plain, i) == *fields(from_saved, i)) << c.what << ": " << kGradNames[i] << " differs";
+  }
+  saved.release();
+  EXPECT_FALSE(saved.filled());
+  EXPECT_EQ(saved.device_bytes(), 0u);
+}
+
+TEST(CudaBackward, SmallSavedForwardVarlenGva) {
+  GDR2_REQUIRE_DEVICE();
+  // The training pair at sanitizer size (gpu-check's *Small* filter): the forward's state kernel with both the
+  // output and the state stores, then the backward from phase C.
+  const auto batch = gdr2_test::random_batch(63, 1, 0, 1, 2, 16, 16, Gates::typical, true, {3, 0, 70});
+  const Problem p = make_problem(batch, DType::bf16, true, 8);
+  gdr2::cuda::SavedForward saved;
+  Grads plain = run_gpu(p, DType::bf16, Mode::fast);
+  Grads from_saved = run_gpu(p, DType::bf16, Mode::fast, true, &saved);
+  EXPECT_TRUE(saved.filled());
+  for (int i = 0; i < 7; ++i) EXPECT_TRUE(*fields(plain, i) == *fields(from_saved, i)) << kGradNames[i];
+}
+
+TEST(CudaBackward, SavedForwardStaysEmptyOffTheTensorCorePath) {
+  GDR2_REQUIRE_DEVICE();
+  // Mode::accurate (and fp32 inputs) run the fp32 programs: the forward leaves the SavedForward unfilled and the
+  // backward recomputes, with the same result as without it.
+  const Problem p = make_problem(gdr2_test::random_batch(44, 1, 90, 1, 2, 32, 32), DType::bf16, true, 2);
+  gdr2::cuda::SavedForward saved;
+  Grads plain = run_gpu(p, DType::bf16, Mode::accurate);
+  Grads from_saved = run_gpu(p, DType::bf16, Mode::accurate, true, &saved);
+  EXPECT_FALSE(saved.filled());
+  EXPECT_EQ(saved.device_bytes(), 0u);
+  for (int i = 0; i < 7; ++i) EXPECT_TRUE(*fields(plain, i) == *fields(from_saved, i)) << kGradNames[i];
+  const Problem p32 = make_problem(gdr2_test::random_batch(45, 1, 40, 1, 1, 32, 32), DType::f32, true, 2);
+  (void)run_gpu(p32, DType::f32, Mode::fast, true, &saved);
+  EXPECT_FALSE(saved.filled());
+}
+
+TEST(CudaBackward, SavedForwardRejectsADifferentCall) {
+  GDR2_REQUIRE_DEVICE();
+  // A SavedForward serves the backward of the call that filled it: another problem, mode or input tensor is an
+  // error naming the difference, never a silently wrong gradient.
+  const auto batch = gdr2_test::random_batch(46, 1, 100, 1, 1, 32, 32);
+  const Problem p = make_problem(batch, DType::bf16, true, 2);
+  DeviceBatch d = to_device(p.rounded, DType::bf16);
+  gdr2::cuda::SavedForward saved;
+  gdr2::cuda::chunk_forward(d.problem, d.forward_tensors(), Mode::fast, saved);
+  ASSERT_TRUE(saved.filled());
+  const size_t keys = p.rounded.q.size(), vals = p.rounded.v.size();
+  DeviceBuffer dout = upload(p.dout, DType::bf16), other_q = upload(p.rounded.q, DType::bf16);
+  DeviceBuffer dq(keys * 2), dk(keys * 2), db(keys * 2), dg(keys * 4), dv(vals * 2), dw(vals * 2);
+  gdr2::cuda::BackwardTensors bt;
+  bt.q = d.q.get(); bt.k = d.k.get(); bt.v = d.v.get(); bt.g = d.g.as<float>(); bt.b = d.b.get(); bt.w = d.w.get();
+  bt.h0 = d.h0.bytes() ? d.h0.as<float>() : nullptr;
+  bt.dout = dout.get();
+  bt.dq = dq.get(); bt.dk = dk.get(); bt.dg = dg.as<float>(); bt.db = db.get(); bt.dv = dv.get(); bt.dw = dw.get();
+  EXPECT_EQ(error_of([&] { gdr2::cuda::chunk_backward(d.problem, bt, Mode::fast, saved); }), "");
+  gdr2::cuda::Problem shorter = d.problem;
+  shorter.T = 64;
+  EXPECT_NE(error_of([&] { gdr2::cuda::chunk_backward(shorter, bt, Mode::fast, saved); })
+                .find("filled by a forward with T = 100, this backward has T = 64"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { gdr2::cuda::chunk_backward(d.problem, bt, Mode::accurate, saved); }).find("mode"),
+            std::string::npos);
+  gdr2::cuda::BackwardTensors moved = bt;
+  moved.q = other_q.get();
+  EXPECT_NE(error_of([&] { gdr2::cuda::chunk_backward(d.problem, moved, Mode::fast, saved); }).find("tensor 'q'"),
+            std::string::npos);
+  moved = bt;
+  moved.h0 = nullptr;
+  EXPECT_NE(error_of([&] { gdr2::cuda::chunk_backward(d.problem, moved, Mode::fast, saved); }).find("tensor 'h0'"),
+            std::string::npos);
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
 TEST(CudaBackward, AgreesWithHostEmulation) {

@@ -44,6 +44,7 @@
 #include "chunk_backward_tc.cuh"
 #include "chunk_backward_program.cuh"
 #include "common.cuh"
+#include "saved_forward.cuh"
 
 namespace gdr2::cuda {
 namespace {
@@ -158,7 +159,10 @@ void validate_backward_tensors(const Problem& p, const BackwardTensors& x, const
 
 }  // namespace
 
-void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaStream_t stream) {
+namespace {
+
+// chunk_backward, starting after phase B when `saved` holds a matching forward's intermediates.
+void backward(const Problem& p, const BackwardTensors& x, Mode mode, const SavedForward* saved, cudaStream_t stream) {
   const char* who = "gdr2::cuda::chunk_backward";
   const Validated checked = validate_problem(p, who);
   if (mode != Mode::fast && mode != Mode::accurate) fail(who, ": unknown mode ", static_cast<int>(mode));
@@ -186,9 +190,13 @@ void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaS
            "sm_90-class device (got ", dtype_name(p.dtype), ", K = ", p.K, ", V = ", p.V, ")");
     tensor_core = f == "tc";
   }
+  // A filled SavedForward is checked against this call whichever kernel runs; the fp32 program recomputes.
+  SavedParts parts;
+  const SavedParts* from_forward =
+      saved ? SavedForwardAccess::parts_for_backward(*saved, p, N, x, mode, parts, who) : nullptr;
   const std::size_t key_count = static_cast<std::size_t>(tokens) * p.H * p.K;
   if (tensor_core && p.HV == p.H) {  // every gradient element is written once: no accumulators
-    tensor_core_backward(p, x, N, checked.scale, nullptr, nullptr, nullptr, stream, who);
+    tensor_core_backward(p, x, N, checked.scale, nullptr, nullptr, nullptr, from_forward, stream, who);
     return;
   }
   if (tensor_core) {
@@ -199,7 +207,7 @@ void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaS
     float* db = dk + key_count;
     for (float* z : {dq, dk, db, x.dg})
       check(cudaMemsetAsync(z, 0, key_count * sizeof(float), stream), who, "cudaMemsetAsync(gradient accumulator)");
-    tensor_core_backward(p, x, N, checked.scale, dq, dk, db, stream, who);
+    tensor_core_backward(p, x, N, checked.scale, dq, dk, db, from_forward, stream, who);
     store_gradients(p.dtype, {{dq, x.dq}, {dk, x.dk}, {db, x.db}}, key_count, stream, who);
     return;
   }
@@ -275,6 +283,17 @@ void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaS
     }
   });
   if (!f32) store_gradients(p.dtype, {{dq, x.dq}, {dk, x.dk}, {db, x.db}}, key_count, stream, who);
+}
+
+}  // namespace
+
+void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaStream_t stream) {
+  backward(p, x, mode, nullptr, stream);
+}
+
+void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, const SavedForward& saved,
+                    cudaStream_t stream) {
+  backward(p, x, mode, &saved, stream);
 }
 
 namespace detail {

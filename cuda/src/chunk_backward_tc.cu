@@ -33,6 +33,7 @@
 #include <type_traits>
 
 #include "chunk_backward_tc.cuh"
+#include "saved_forward.cuh"
 #include "tensor_core_common.cuh"
 
 namespace gdr2::cuda::detail {
@@ -685,17 +686,66 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
   __syncthreads();
   const std::int64_t slot_base = slot_base_shared;
   const int chunks = static_cast<int>((seq.eos - seq.bos + kC - 1) / kC);
-  for (int ci = chunks - 1; ci >= 0; --ci) {
-    const std::int64_t t0 = seq.bos + static_cast<std::int64_t>(ci) * kC, slot = slot_base + ci;
-    const int len = chunk_length(t0, seq.eos);
-    auto key_src = [&](const bf16* ws) { return ws + (t0 * H + h) * static_cast<std::int64_t>(KP); };
-    async_rows<kKMax / 8>(Kt, kEB, key_src(pw.ktail), std::int64_t(H) * KP, len, KP / 8, tid);
-    async_rows<kKMax / 8>(Qg, kEB, key_src(pw.qg), std::int64_t(H) * KP, len, KP / 8, tid);
-    async_rows<kKMax / 8>(Yb, kEB, key_src(pw.y), std::int64_t(H) * KP, len, KP / 8, tid);
-    async_rows<kC / 8>(Aq, kAB, pw.aqk + (t0 * H + h) * kC, std::int64_t(H) * kC, len, kC / 8, tid);
-    for (int i = tid; i < KP / 4; i += kThreads)
-      __pipeline_memcpy_async(gam + 4 * i, pw.gamma_c + (slot * H + h) * KP + 4 * i, 16);
+  auto chunk_t0 = [&](int ci) { return seq.bos + static_cast<std::int64_t>(ci) * kC; };
+  auto key_tile = [&](bf16* dst, const bf16* ws, int ci) {  // rows of a [BT, H, KP] workspace tensor
+    const std::int64_t t0 = chunk_t0(ci);
+    async_rows<kKMax / 8>(dst, kEB, ws + (t0 * H + h) * static_cast<std::int64_t>(KP), std::int64_t(H) * KP,
+                          chunk_length(t0, seq.eos), KP / 8, tid);
+  };
+  // Two stages per chunk, dR then the dS update, and two cp.async groups, each issued when the stage that read the
+  // later chunk's copy is over, so that it loads while the other stage computes:
+  //   group 1 (Ktail, Aqk) of chunk c - 1: issued when the update of c starts, needed by dR of c - 1;
+  //   group 2 (Qgamma, Y, gamma_C) of c:   issued when dR of c starts, needed by the update of c.
+  // dO of chunk c - 1 is read into registers while the update of c runs (one 8-column piece per thread at VT <= 32).
+  auto issue_group_1 = [&](int ci) {
+    if (ci >= 0) {
+      const std::int64_t t0 = chunk_t0(ci);
+      key_tile(Kt, pw.ktail, ci);
+      async_rows<kC / 8>(Aq, kAB, pw.aqk + (t0 * H + h) * kC, std::int64_t(H) * kC, chunk_length(t0, seq.eos), kC / 8, tid);
+    }
     __pipeline_commit();
+  };
+  auto issue_group_2 = [&](int ci) {
+    key_tile(Qg, pw.qg, ci);
+    key_tile(Yb, pw.y, ci);
+    for (int i = tid; i < KP / 4; i += kThreads)
+      __pipeline_memcpy_async(gam + 4 * i, pw.gamma_c + ((slot_base + ci) * H + h) * KP + 4 * i, 16);
+    __pipeline_commit();
+  };
+  static_assert(kC * VT / 8 <= kThreads, "one dO piece per thread");
+  const int piece_row = tid / (VT / 8), piece_col = 8 * (tid % (VT / 8));  // this thread's dO piece
+  float dout_next[8];
+  auto load_dout = [&](int ci) {  // dO rows of chunk ci, zeros past the sequence and past V
+    const std::int64_t t0 = chunk_t0(ci);
+    const int c = c0 + piece_col;
+    const bool row_ok = piece_row < chunk_length(t0, seq.eos);
+    const T* src = dout + ((t0 + piece_row) * HV + hv) * static_cast<std::int64_t>(V) + c;
+    if (row_ok && V % 8 == 0 && c + 8 <= V) {
+      alignas(16) T packed[8];
+      *reinterpret_cast<uint4*>(packed) = *reinterpret_cast<const uint4*>(src);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dout_next[j] = to_float(packed[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dout_next[j] = row_ok && c + j < V ? to_float(src[j]) : 0.0f;
+    }
+  };
+  if (chunks > 0) {
+    issue_group_1(chunks - 1);
+    load_dout(chunks - 1);
+  }
+  for (int ci = chunks - 1; ci >= 0; --ci) {
+    const std::int64_t t0 = chunk_t0(ci), slot = slot_base + ci;
+    const int len = chunk_length(t0, seq.eos);
+    __pipeline_wait_prior(0);
+    __syncthreads();  // group 1 of this chunk has landed; the previous update (dS, reads of Qgamma, Y, dO) is over
+    issue_group_2(ci);
+    if (piece_row < kC) {
+      alignas(16) bf16 packed[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) packed[j] = __float2bfloat16_rn(dout_next[j]);
+      *reinterpret_cast<uint4*>(dOb + piece_row * SB + piece_col) = *reinterpret_cast<const uint4*>(packed);
+    }
     // The gradient of this chunk's end state, bf16 (the operand phase D's products use).
     bf16* out = dstates + (slot * HV + hv) * static_cast<std::size_t>(KP) * VP;
     for (int i = tid; i < KP * (VT / 8); i += kThreads) {
@@ -704,12 +754,7 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
         *reinterpret_cast<uint4*>(out + static_cast<std::size_t>(d) * VP + c) =
             *reinterpret_cast<const uint4*>(dSb + d * SB + 8 * piece);
     }
-    for (int i = tid; i < kC * VT; i += kThreads) {
-      const int r = i / VT, c = i % VT;
-      dOb[r * SB + c] = __float2bfloat16_rn(r < len && c0 + c < V ? to_float(dout[((t0 + r) * HV + hv) * V + c0 + c]) : 0.0f);
-    }
-    __pipeline_wait_prior(0);
-    __syncthreads();
+    __syncthreads();  // dO in shared memory
     // dR = Aqk^T dO + Ktail dS, kept negated for the update below.
     for (int t = warp; t < 4 * nv; t += kWarps) {
       const int rb = t / nv, cb = t % nv;
@@ -733,7 +778,10 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
       }, lane, c0 + 16 * cb < VP);
       __syncwarp();
     }
-    __syncthreads();
+    __pipeline_wait_prior(0);
+    __syncthreads();  // group 2 has landed; dR is complete; Ktail and Aqk are dead
+    issue_group_1(ci - 1);
+    if (ci > 0) load_dout(ci - 1);
     // dS <- Diag(gamma_C) dS + Qgamma^T dO - Y^T dR; each warp updates its own 16 x 16 tiles in place.
     for (int t = warp; t < nk * nv; t += kWarps) {
       const int db = t / nv, cb = t % nv;
@@ -759,8 +807,9 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
         dSb[(16 * db + i) * SB + 16 * cb + j] = __float2bfloat16_rn(tile[i * SF + j]);
       }
     }
-    __syncthreads();
   }
+  __pipeline_wait_prior(0);
+  __syncthreads();  // dS complete
   if (dh0 != nullptr) {
     for (int i = tid; i < K * VT; i += kThreads) {
       const int d = i / VT, c = i % VT;
@@ -801,50 +850,44 @@ bool tensor_core_backward_eligible(const Problem& p) {
 }
 
 void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, float scale, float* dq, float* dk,
-                          float* db, cudaStream_t stream, const char* who) {
+                          float* db, const SavedParts* saved, cudaStream_t stream, const char* who) {
   if (dq == nullptr && p.HV != p.H) fail(who, ": grouped value heads (HV > H) need fp32 accumulators for dq, dk, db");
   const int KP = round_up(p.K, 16), VP = round_up(p.V, 16);
   const std::int64_t tokens = static_cast<std::int64_t>(p.B) * p.T;
   const int slots = slot_count(p, N);
-  const std::size_t sq = static_cast<std::size_t>(tokens) * p.H * kC;     // [BT, H, 64]
-  const std::size_t key = static_cast<std::size_t>(tokens) * p.H * KP;    // [BT, H, KP]
   const std::size_t val = static_cast<std::size_t>(tokens) * p.HV * VP;   // [BT, HV, VP]
   const std::size_t vkey = static_cast<std::size_t>(tokens) * p.HV * KP;  // [BT, HV, KP]
   const std::size_t vsq = static_cast<std::size_t>(tokens) * p.HV * kC;   // [BT, HV, 64]
-  const std::size_t gam = static_cast<std::size_t>(slots) * p.H * KP;
   const std::size_t glast = static_cast<std::size_t>(slots) * p.HV * KP;
   const std::size_t state = static_cast<std::size_t>(slots) * p.HV * KP * VP;
-  // bf16 parts first, then fp32; every part is a multiple of 16 bytes (KP, VP multiples of 16).
-  const std::size_t bf16_count = 2 * sq + 3 * key + val + vkey + 2 * val + 2 * state;
-  const std::size_t f32_count = gam + 2 * vkey + vsq + glast;
-  StreamBuffer workspace(bf16_count * sizeof(bf16) + f32_count * sizeof(float), stream, who);
-  PrepareWorkspace pw;
-  pw.aqk = workspace.as<bf16>();
-  pw.a = pw.aqk + sq;
-  pw.y = pw.a + sq;
-  pw.qg = pw.y + key;
-  pw.ktail = pw.qg + key;
-  pw.u = pw.ktail + key;
+  // The outputs of phases A and B (saved_forward.cuh) come first unless a SavedForward holds them, then this
+  // backward's own: bf16 parts, then fp32; every part is a multiple of 16 bytes (KP, VP multiples of 16).
+  const std::size_t own_saved = saved ? 0 : saved_parts_bytes(p, N);
+  const std::size_t bf16_count = vkey + val + state;
+  const std::size_t f32_count = 2 * vkey + vsq + glast;
+  StreamBuffer workspace(own_saved + bf16_count * sizeof(bf16) + f32_count * sizeof(float), stream, who);
+  const SavedParts parts = saved ? *saved : saved_parts(p, N, workspace.as<unsigned char>());
+  const PrepareWorkspace& pw = parts.pw;
   StateGradients sg;
-  sg.dy = pw.u + val;
-  sg.r = sg.dy + vkey;
-  sg.dr = sg.r + val;
-  pw.gamma_c = reinterpret_cast<float*>(sg.dr + val + 2 * state);
-  sg.x = pw.gamma_c + gam;
+  sg.r = parts.r;
+  sg.dy = reinterpret_cast<bf16*>(workspace.as<unsigned char>() + own_saved);
+  sg.dr = sg.dy + vkey;
+  bf16* dstates = sg.dr + val;
+  sg.x = reinterpret_cast<float*>(dstates + state);
   sg.dkt = sg.x + vkey;
   sg.daqk = sg.dkt + vkey;
   sg.dglast = sg.daqk + vsq;
-  bf16* states = sg.dr + val;
-  bf16* dstates = states + state;
-  // Phase A.
-  launch_tensor_core_prepare(p, x.q, x.k, x.v, x.g, x.b, x.w, N, scale, pw, stream, who);
+  const bf16* states = parts.states;
   // Phases B and C: 32 value columns per block (two blocks per SM) when that gives every SM a block, else 16
   // (the blocks are the sequential phases' only parallelism).
   int sms = 132, device = 0;
   check(cudaGetDevice(&device), who, "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), who, "cudaDeviceGetAttribute(SM count)");
   const int vt = static_cast<long long>(N) * p.HV * ((p.V + 31) / 32) >= sms ? 32 : 16;
-  launch_tensor_core_states(p, x.h0, N, pw, vt, states, sg.r, stream, who);
+  if (saved == nullptr) {  // phases A and B
+    launch_tensor_core_prepare(p, x.q, x.k, x.v, x.g, x.b, x.w, N, scale, pw, stream, who);
+    launch_tensor_core_states(p, x.h0, N, pw, vt, parts.states, parts.r, stream, who);
+  }
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float>) {

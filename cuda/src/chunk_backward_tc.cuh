@@ -15,7 +15,9 @@ bool tensor_core_backward_eligible(const Problem& p);
 // directly in x. Otherwise they are fp32 accumulators [B*T, H, K] that, like x.dg, the caller zeroes before and
 // converts after (the value heads of a group add into them). dv, dw are written in the input dtype. p and x are
 // validated, T > 0.
+// With `saved` (a forward's SavedForward, saved_forward.cuh) phases A and B are skipped: their outputs are read there.
+struct SavedParts;
 void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, float scale, float* dq, float* dk,
-                          float* db, cudaStream_t stream, const char* who);
+                          float* db, const SavedParts* saved, cudaStream_t stream, const char* who);
 
 }  // namespace gdr2::cuda::detail

@@ -21,6 +21,7 @@
 #include "chunk_forward_tc.cuh"
 #include "chunk_slots.cuh"
 #include "common.cuh"
+#include "saved_forward.cuh"
 
 namespace gdr2::cuda {
 namespace {
@@ -532,8 +533,12 @@ void launch_state(const Problem& p, const ForwardTensors& x, int N, float scale,
 
 }  // namespace
 
-void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, cudaStream_t stream) {
+namespace {
+
+// chunk_forward, filling `saved` when it is given and the tensor-core path applies (saved_forward.cuh).
+void forward(const Problem& p, const ForwardTensors& x, Mode mode, SavedForward* saved, cudaStream_t stream) {
   const char* who = "gdr2::cuda::chunk_forward";
+  if (saved) SavedForwardAccess::clear(*saved);
   const Validated checked = validate_problem(p, who);
   if (mode != Mode::fast && mode != Mode::accurate) fail(who, ": unknown mode ", static_cast<int>(mode));
   if (p.K > 256) fail(who, ": K must be <= 256, got K = ", p.K);
@@ -566,7 +571,13 @@ void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, cudaStr
     // every block of that width is resident at once (measured faster at B=4, T=4096: cuda/README.md).
     const bool forced = std::getenv("GDR2_CUDA_STATE_VT") != nullptr;
     if (!forced && vt == 64 && blocks(32) <= 2LL * sms) vt = 32;
-    chunk_forward_tensor_core(p, x, checked, vt, stream, who);
+    if (saved != nullptr && saved_forward_applies(p, mode)) {
+      const SavedParts parts = SavedForwardAccess::begin_fill(*saved, p, checked.N, x, mode, who);
+      chunk_forward_tensor_core(p, x, checked, vt, &parts, stream, who);
+      SavedForwardAccess::mark_filled(*saved);
+    } else {
+      chunk_forward_tensor_core(p, x, checked, vt, nullptr, stream, who);
+    }
     return;
   }
   // Workspace (fp32), everything the state recurrence needs that does not depend on the state:
@@ -604,6 +615,16 @@ void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, cudaStr
     else if (p.K <= 128) run(std::integral_constant<int, 128>{});
     else run(std::integral_constant<int, 256>{});
   });
+}
+
+}  // namespace
+
+void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, cudaStream_t stream) {
+  forward(p, x, mode, nullptr, stream);
+}
+
+void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, SavedForward& saved, cudaStream_t stream) {
+  forward(p, x, mode, &saved, stream);
 }
 
 }  // namespace gdr2::cuda

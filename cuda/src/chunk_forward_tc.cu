@@ -21,8 +21,10 @@
 // Precision: each product operand is rounded to bf16 (unit roundoff 2^-9) once, accumulations are fp32.
 // Eligible: bf16 / f16 inputs with K <= 128 (chunk_forward falls back to the fp32 kernels otherwise).
 #include <cstdlib>
+#include <string>
 
 #include "chunk_forward_tc.cuh"
+#include "saved_forward.cuh"
 #include "tensor_core_common.cuh"
 
 namespace gdr2::cuda::detail {
@@ -328,19 +330,30 @@ struct StateLayout {  // byte offsets in dynamic shared memory (every buffer 128
   static constexpr int SB = VT + 8;  // bf16 row stride
   static constexpr int s32 = 0;                                  // S fp32 [128][SF]
   static constexpr int sb = s32 + round_up(kKMax * SF * 4, 128); // S bf16 [128][SB]
-  static constexpr int x0 = sb + round_up(kKMax * SB * 2, 128);  // key tiles bf16 [64][136] x 2
-  static constexpr int x1 = x0 + round_up(kC * kEB * 2, 128);
-  static constexpr int aq = x1 + round_up(kC * kEB * 2, 128);    // Aqk bf16 [64][72]
+  static constexpr int y = sb + round_up(kKMax * SB * 2, 128);   // Y bf16 [64][136]
+  static constexpr int qg = y + round_up(kC * kEB * 2, 128);     // Qgamma bf16 [64][136]
+  static constexpr int kt = qg + round_up(kC * kEB * 2, 128);    // Ktail bf16 [64][136]
+  static constexpr int aq = kt + round_up(kC * kEB * 2, 128);    // Aqk bf16 [64][72]
   static constexpr int u = aq + round_up(kC * kAB * 2, 128);     // U bf16 [64][SB]
-  static constexpr int gam = u + round_up(kC * SB * 2, 128);     // gamma_C fp32 [2][128]
-  static constexpr int r32 = gam + 2 * kKMax * 4;                // R (then O) fp32 [64][SF]
+  static constexpr int gam = u + round_up(kC * SB * 2, 128);     // gamma_C fp32 [128]
+  static constexpr int r32 = gam + kKMax * 4;                    // R (then O) fp32 [64][SF]
   static constexpr int rb = r32 + round_up(kC * SF * 4, 128);    // R bf16 [64][SB]
-  static constexpr int bytes = rb + round_up(kC * SB * 2, 128);
+  static constexpr int bytes = rb + round_up(kC * SB * 2, 128);  // VT = 32: 110080 (two blocks per SM)
 };
 
-// StoreStates (the backward's forward pass, phase B): no output; the chunk-start state S_c of every chunk is
-// written to `states` [slots, HV, KP, VP] (bf16) instead, and Qgamma is neither loaded nor used.
-template <class T, int VT, bool StoreStates = false>
+// Output: O (Eq. 24) to o; without it (phase B of the backward) Qgamma and Aqk are not loaded.
+// StoreStates (phase B, or a forward that fills a SavedForward): the chunk-start state S_c of every chunk is written
+// to `states` [slots, HV, KP, VP] and R to r_out [BT, HV, VP], both bf16 (the operands the products used).
+//
+// Each chunk runs three stages, R (Eq. 23), O (Eq. 24) and the state update (Eq. 25), and its inputs arrive in three
+// cp.async groups, each issued as soon as the stage that read the previous chunk's copy has finished, so that every
+// load overlaps two stages before it is needed:
+//   group 1, Y and U:              issued when O(c - 1) starts, needed by R(c);
+//   group 2, Qgamma and Aqk:       issued when the update of c - 1 starts, needed by O(c) (empty without Output);
+//   group 3, Ktail and gamma_C:    issued when R(c) starts, needed by the update of c.
+// A group is committed (possibly empty) at every stage start, so each stage opens the same way: wait until at most
+// one group is in flight (the one committed last, two stages ahead), then __syncthreads.
+template <class T, int VT, bool Output, bool StoreStates>
 __global__ void __launch_bounds__(kThreads, 1)
 tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_t* __restrict__ cu_seqlens, int T_,
                 int H, int HV, int K, int V, int KP, int VP, const bf16* __restrict__ ws_aqk,
@@ -352,7 +365,9 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
   extern __shared__ __align__(128) unsigned char smem[];
   float* S32 = reinterpret_cast<float*>(smem + L::s32);
   bf16* Sb = reinterpret_cast<bf16*>(smem + L::sb);
-  bf16* X[2] = {reinterpret_cast<bf16*>(smem + L::x0), reinterpret_cast<bf16*>(smem + L::x1)};
+  bf16* Yb = reinterpret_cast<bf16*>(smem + L::y);
+  bf16* Qg = reinterpret_cast<bf16*>(smem + L::qg);
+  bf16* Kt = reinterpret_cast<bf16*>(smem + L::kt);
   bf16* Aq = reinterpret_cast<bf16*>(smem + L::aq);
   bf16* Ub = reinterpret_cast<bf16*>(smem + L::u);
   float* gam = reinterpret_cast<float*>(smem + L::gam);
@@ -363,21 +378,51 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
   const int c0 = blockIdx.x * VT, hv = blockIdx.y, n = blockIdx.z, h = hv / (HV / H);
   const int nk = KP / 16, key_pieces = KP / 8, u_valid = max(0, min(VT, VP - c0)) / 8;
   const SeqRange seq = sequence_range(cu_seqlens, n, T_);
-  __shared__ std::int64_t slot_base_shared;  // the first chunk slot of sequence n
-  if (tid == 0) slot_base_shared = first_slot(cu_seqlens, n, T_);
   const std::size_t state_base = (static_cast<std::size_t>(n) * HV + hv) * K * V;
-
-  auto key_src = [&](const bf16* ws, std::int64_t t0) { return ws + (t0 * H + h) * static_cast<std::int64_t>(KP); };
-  auto issue_chunk_inputs = [&](std::int64_t t0, int len, int buf, int ci, std::int64_t slot) {
-    async_rows<kKMax / 8>(X[buf], kEB, key_src(ws_y, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
-    async_rows<kC / 8>(Aq, kAB, ws_aqk + (t0 * H + h) * kC, static_cast<std::int64_t>(H) * kC, len, kC / 8, tid);
-    async_rows<VT / 8>(Ub, SB, ws_u + (t0 * HV + hv) * static_cast<std::int64_t>(VP) + c0,
-                       static_cast<std::int64_t>(HV) * VP, len, u_valid, tid);
-    for (int i = tid; i < KP / 4; i += kThreads)
-      __pipeline_memcpy_async(gam + (ci & 1) * kKMax + 4 * i, ws_gamma_c + (slot * H + h) * KP + 4 * i, 16);
+  const int chunks = static_cast<int>((seq.eos - seq.bos + kC - 1) / kC);
+  auto chunk_t0 = [&](int ci) { return seq.bos + static_cast<std::int64_t>(ci) * kC; };
+  auto key_tile = [&](bf16* dst, const bf16* ws, int ci) {  // rows of a [BT, H, KP] workspace tensor
+    const std::int64_t t0 = chunk_t0(ci);
+    async_rows<kKMax / 8>(dst, kEB, ws + (t0 * H + h) * static_cast<std::int64_t>(KP), std::int64_t(H) * KP,
+                          chunk_length(t0, seq.eos), key_pieces, tid);
+  };
+  // Each issue_group_* commits one group; chunks past the last give empty groups (see above).
+  auto issue_group_1 = [&](int ci) {
+    if (ci < chunks) {
+      const std::int64_t t0 = chunk_t0(ci);
+      key_tile(Yb, ws_y, ci);
+      async_rows<VT / 8>(Ub, SB, ws_u + (t0 * HV + hv) * static_cast<std::int64_t>(VP) + c0,
+                         std::int64_t(HV) * VP, chunk_length(t0, seq.eos), u_valid, tid);
+    }
     __pipeline_commit();
   };
+  auto issue_group_2 = [&](int ci) {
+    if (Output && ci < chunks) {
+      const std::int64_t t0 = chunk_t0(ci);
+      key_tile(Qg, ws_qg, ci);
+      async_rows<kC / 8>(Aq, kAB, ws_aqk + (t0 * H + h) * kC, std::int64_t(H) * kC, chunk_length(t0, seq.eos), kC / 8, tid);
+    }
+    __pipeline_commit();
+  };
+  __shared__ std::int64_t slot_base_shared;  // the first chunk slot of sequence n
+  if (tid == 0) slot_base_shared = first_slot(cu_seqlens, n, T_);
+  __syncthreads();
+  const std::int64_t slot_base = slot_base_shared;
+  auto issue_group_3 = [&](int ci) {
+    if (ci < chunks) {
+      key_tile(Kt, ws_ktail, ci);
+      for (int i = tid; i < KP / 4; i += kThreads)
+        __pipeline_memcpy_async(gam + 4 * i, ws_gamma_c + ((slot_base + ci) * H + h) * KP + 4 * i, 16);
+    }
+    __pipeline_commit();
+  };
+  auto open_stage = [&] {  // wait for the oldest but one group in flight, make everything visible
+    __pipeline_wait_prior(1);
+    __syncthreads();
+  };
 
+  issue_group_1(0);
+  issue_group_2(0);
   // S_0 = h0 (zeros without h0; padded rows and columns zero).
   for (int i = tid; i < KP * VT; i += kThreads) {
     const int d = i / VT, c = i % VT;
@@ -385,17 +430,13 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     S32[d * SF + c] = s;
     Sb[d * SB + c] = __float2bfloat16_rn(s);
   }
-  __syncthreads();
-  const std::int64_t slot_base = slot_base_shared;
-  if (seq.bos < seq.eos) issue_chunk_inputs(seq.bos, chunk_length(seq.bos, seq.eos), 0, 0, slot_base);
 
-  int ci = 0;
-  for (std::int64_t t0 = seq.bos; t0 < seq.eos; t0 += kC, ++ci) {
+  for (int ci = 0; ci < chunks; ++ci) {
+    const std::int64_t t0 = chunk_t0(ci);
     const int len = chunk_length(t0, seq.eos);
-    bf16* Xy = X[ci & 1];        // Y, later Ktail
-    bf16* Xq = X[(ci & 1) ^ 1];  // Qgamma, later the next chunk's Y
-    __pipeline_wait_prior(0);
-    __syncthreads();  // Y, Aqk, U, gamma_C of this chunk are in shared memory
+    // ---- R: Eq. 23, R = U - Y S_0 (rows >= len are zero: Y and U were zero-filled there).
+    open_stage();  // group 1 of this chunk has landed; S_0 (the previous update) is complete
+    issue_group_3(ci);
     if constexpr (StoreStates) {  // S_c (bf16, the operand the products use), the state at this chunk's start
       bf16* out = states + ((slot_base + ci) * HV + hv) * static_cast<std::size_t>(KP) * VP;
       for (int i = tid; i < KP * (VT / 8); i += kThreads) {
@@ -404,12 +445,7 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
           *reinterpret_cast<uint4*>(out + static_cast<std::size_t>(d) * VP + c) =
               *reinterpret_cast<const uint4*>(Sb + d * SB + 8 * piece);
       }
-    } else {
-      async_rows<kKMax / 8>(Xq, kEB, key_src(ws_qg, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
-      __pipeline_commit();
     }
-
-    // Eq. 23: R = U - Y S_0 (rows >= len are zero: Y and U were zero-filled there).
     for (int t = warp; t < 4 * nv; t += kWarps) {
       const int rb = t / nv, cb = t % nv;
       FragC acc;
@@ -417,7 +453,7 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
       for (int kb = 0; kb < nk; ++kb) {
         FragA a;
         FragB s;
-        wmma::load_matrix_sync(a, Xy + 16 * rb * kEB + 16 * kb, kEB);
+        wmma::load_matrix_sync(a, Yb + 16 * rb * kEB + 16 * kb, kEB);
         wmma::load_matrix_sync(s, Sb + 16 * kb * SB + 16 * cb, SB);
         wmma::mma_sync(acc, a, s, acc);
       }
@@ -430,8 +466,10 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
       }
       __syncwarp();
     }
-    __pipeline_wait_prior(0);
-    __syncthreads();  // R complete, Qgamma in shared memory, Y dead
+
+    // ---- O: Eq. 24, O = Qgamma S_0 + Aqk R (scale folded into both), staged in R32.
+    open_stage();  // group 2 has landed; R is complete; Y and U are dead
+    issue_group_1(ci + 1);
     if constexpr (StoreStates) {  // R (bf16, as the products used it) to r_out [BT, HV, VP] for phase D
       for (int i = tid; i < kC * (VT / 8); i += kThreads) {
         const int r = i / (VT / 8), piece = i % (VT / 8), c = c0 + 8 * piece;
@@ -440,18 +478,14 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
               *reinterpret_cast<const uint4*>(Rb + r * SB + 8 * piece);
       }
     }
-    async_rows<kKMax / 8>(Xy, kEB, key_src(ws_ktail, t0), static_cast<std::int64_t>(H) * KP, len, key_pieces, tid);
-    __pipeline_commit();
-
-    // Eq. 24: O = Qgamma S_0 + Aqk R (scale folded into both), staged in R32.
-    for (int t = warp; t < (StoreStates ? 0 : 4 * nv); t += kWarps) {
+    for (int t = warp; t < (Output ? 4 * nv : 0); t += kWarps) {
       const int rb = t / nv, cb = t % nv;
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
       for (int kb = 0; kb < nk; ++kb) {
         FragA a;
         FragB s;
-        wmma::load_matrix_sync(a, Xq + 16 * rb * kEB + 16 * kb, kEB);
+        wmma::load_matrix_sync(a, Qg + 16 * rb * kEB + 16 * kb, kEB);
         wmma::load_matrix_sync(s, Sb + 16 * kb * SB + 16 * cb, SB);
         wmma::mma_sync(acc, a, s, acc);
       }
@@ -479,25 +513,21 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
         }
       }
     }
-    __pipeline_wait_prior(0);
-    __syncthreads();  // Ktail in shared memory; Qgamma, Aqk, U dead; S_0 no longer read
-    if (t0 + kC < seq.eos)
-      issue_chunk_inputs(t0 + kC, chunk_length(t0 + kC, seq.eos), (ci & 1) ^ 1, ci + 1,
-                         slot_base + ci + 1);
 
-    // Eq. 25: S_C = Diag(gamma_C) S_0 + Ktail^T R; each warp updates its own 16 x 16 tiles in place.
-    const float* gamma_c = gam + (ci & 1) * kKMax;
+    // ---- Eq. 25: S_C = Diag(gamma_C) S_0 + Ktail^T R; each warp updates its own 16 x 16 tiles in place.
+    open_stage();  // group 3 has landed; Qgamma, Aqk and S_0 are no longer read
+    issue_group_2(ci + 1);
     for (int t = warp; t < nk * nv; t += kWarps) {
       const int db = t / nv, cb = t % nv;
       float* tile = S32 + 16 * db * SF + 16 * cb;
-      for (int e = lane; e < 256; e += 32) tile[(e >> 4) * SF + (e & 15)] *= gamma_c[16 * db + (e >> 4)];
+      for (int e = lane; e < 256; e += 32) tile[(e >> 4) * SF + (e & 15)] *= gam[16 * db + (e >> 4)];
       __syncwarp();
       FragC acc;
       wmma::load_matrix_sync(acc, tile, SF, wmma::mem_row_major);
       for (int kb = 0; kb < kC / 16; ++kb) {
         FragAT a;  // Ktail^T: element (d, s) = Ktail[s][d]
         FragB r;
-        wmma::load_matrix_sync(a, Xy + 16 * kb * kEB + 16 * db, kEB);
+        wmma::load_matrix_sync(a, Kt + 16 * kb * kEB + 16 * db, kEB);
         wmma::load_matrix_sync(r, Rb + 16 * kb * SB + 16 * cb, SB);
         wmma::mma_sync(acc, a, r, acc);
       }
@@ -519,31 +549,21 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
   }
 }
 
-template <class T, int VT>
-void launch_tc_state(const Problem& p, const ForwardTensors& x, int N, int KP, int VP, const bf16* const* ws,
-                     const float* ws_gamma_c, cudaStream_t stream, const char* who) {
+// Launches tc_state_kernel<Output, StoreStates> over (value tiles, value heads, sequences).
+template <class T, int VT, bool Output, bool StoreStates>
+void launch_tc_state(const Problem& p, const float* h0, T* o, float* ht, int N, const PrepareWorkspace& w,
+                     bf16* states, bf16* r_out, cudaStream_t stream, const char* who) {
   constexpr int bytes = StateLayout<VT>::bytes;
-  auto kernel = tc_state_kernel<T, VT>;
+  auto kernel = tc_state_kernel<T, VT, Output, StoreStates>;
+  const char* name = Output ? (StoreStates ? "tc_state_kernel<output, store states>" : "tc_state_kernel<output>")
+                            : "tc_state_kernel<store states>";
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), who,
-        "cudaFuncSetAttribute(tc_state_kernel, max dynamic shared memory)");
+        (std::string("cudaFuncSetAttribute(") + name + ", max dynamic shared memory)").c_str());
   const dim3 grid((p.V + VT - 1) / VT, p.HV, N);
-  kernel<<<grid, kThreads, bytes, stream>>>(x.h0, static_cast<T*>(x.o), x.ht, p.cu_seqlens, p.T, p.H, p.HV, p.K, p.V,
-                                            KP, VP, ws[0], ws[1], ws[2], ws[3], ws[4], ws_gamma_c, nullptr, nullptr);
-  check_launch(who, "tc_state_kernel");
-}
-
-template <class T, int VT>
-void launch_tc_states(const Problem& p, const float* h0, int N, const PrepareWorkspace& w, bf16* states,
-                      bf16* r_out, cudaStream_t stream, const char* who) {
-  constexpr int bytes = StateLayout<VT>::bytes;
-  auto kernel = tc_state_kernel<T, VT, true>;
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), who,
-        "cudaFuncSetAttribute(tc_state_kernel<store states>, max dynamic shared memory)");
-  const dim3 grid((p.V + VT - 1) / VT, p.HV, N);
-  kernel<<<grid, kThreads, bytes, stream>>>(h0, nullptr, nullptr, p.cu_seqlens, p.T, p.H, p.HV, p.K, p.V,
-                                            round_up(p.K, 16), round_up(p.V, 16), w.aqk, w.y, w.u, w.qg, w.ktail,
-                                            w.gamma_c, states, r_out);
-  check_launch(who, "tc_state_kernel<store states>");
+  kernel<<<grid, kThreads, bytes, stream>>>(h0, o, ht, p.cu_seqlens, p.T, p.H, p.HV, p.K, p.V, round_up(p.K, 16),
+                                            round_up(p.V, 16), w.aqk, w.y, w.u, w.qg, w.ktail, w.gamma_c, states,
+                                            r_out);
+  check_launch(who, name);
 }
 
 }  // namespace
@@ -551,7 +571,19 @@ void launch_tc_states(const Problem& p, const float* h0, int N, const PrepareWor
 bool tensor_core_forward_eligible(const Problem& p) { return p.dtype != DType::f32 && p.K <= kKMax; }
 
 void chunk_forward_tensor_core(const Problem& p, const ForwardTensors& x, const Validated& checked, int state_vt,
-                               cudaStream_t stream, const char* who) {
+                               const SavedParts* save, cudaStream_t stream, const char* who) {
+  if (save != nullptr) {  // the intermediates, A, the chunk-start states and R go to the SavedForward's buffer
+    launch_tensor_core_prepare(p, x.q, x.k, x.v, x.g, x.b, x.w, checked.N, checked.scale, save->pw, stream, who);
+    dispatch_dtype(p.dtype, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      T* o = static_cast<T*>(x.o);
+      if (state_vt >= 32)
+        launch_tc_state<T, 32, true, true>(p, x.h0, o, x.ht, checked.N, save->pw, save->states, save->r, stream, who);
+      else
+        launch_tc_state<T, 16, true, true>(p, x.h0, o, x.ht, checked.N, save->pw, save->states, save->r, stream, who);
+    });
+    return;
+  }
   const int KP = round_up(p.K, 16), VP = round_up(p.V, 16);
   const std::int64_t tokens = static_cast<std::int64_t>(p.B) * p.T;
   const int slots = slot_count(p, checked.N);
@@ -568,13 +600,13 @@ void chunk_forward_tensor_core(const Problem& p, const ForwardTensors& x, const 
   w.ktail = w.qg + key;
   w.u = w.ktail + key;
   w.gamma_c = reinterpret_cast<float*>(w.u + val);
-  const bf16* ws[5] = {w.aqk, w.y, w.u, w.qg, w.ktail};
   launch_tensor_core_prepare(p, x.q, x.k, x.v, x.g, x.b, x.w, checked.N, checked.scale, w, stream, who);
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (state_vt == 64) launch_tc_state<T, 64>(p, x, checked.N, KP, VP, ws, w.gamma_c, stream, who);
-    else if (state_vt == 32) launch_tc_state<T, 32>(p, x, checked.N, KP, VP, ws, w.gamma_c, stream, who);
-    else launch_tc_state<T, 16>(p, x, checked.N, KP, VP, ws, w.gamma_c, stream, who);
+    T* o = static_cast<T*>(x.o);
+    if (state_vt == 64) launch_tc_state<T, 64, true, false>(p, x.h0, o, x.ht, checked.N, w, nullptr, nullptr, stream, who);
+    else if (state_vt == 32) launch_tc_state<T, 32, true, false>(p, x.h0, o, x.ht, checked.N, w, nullptr, nullptr, stream, who);
+    else launch_tc_state<T, 16, true, false>(p, x.h0, o, x.ht, checked.N, w, nullptr, nullptr, stream, who);
   });
 }
 
@@ -601,8 +633,8 @@ void launch_tensor_core_states(const Problem& p, const float* h0, int N, const P
                                bf16* states, bf16* r_out, cudaStream_t stream, const char* who) {
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (vt == 32) launch_tc_states<T, 32>(p, h0, N, ws, states, r_out, stream, who);
-    else launch_tc_states<T, 16>(p, h0, N, ws, states, r_out, stream, who);
+    if (vt == 32) launch_tc_state<T, 32, false, true>(p, h0, nullptr, nullptr, N, ws, states, r_out, stream, who);
+    else launch_tc_state<T, 16, false, true>(p, h0, nullptr, nullptr, N, ws, states, r_out, stream, who);
   });
 }
 

@@ -83,4 +83,46 @@ void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, cudaStr
 // Gate-aware chunkwise backward (spec section 6): dq, dk, dv, dg, db, dw, dh0 from dout and dht.
 void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, cudaStream_t stream = nullptr);
 
+namespace detail {
+struct SavedForwardAccess;
+}
+// What a training step's forward keeps for its backward (cuDNN's "reserve space"). On the tensor-core path
+// (Mode::fast, bf16/f16 inputs, 16 <= K <= 128, V <= 128, an sm_90-class device) the backward's first two phases
+// recompute the forward's state-free intermediates and its chunk-start states; a forward given a SavedForward
+// stores them (it computes them anyway), and a backward given the same object starts after them. Memory: the
+// bf16 intermediates (Aqk, A, Y, Qgamma, Ktail, U), the chunk-start states and R, about 0.6 GB at B=4, T=4096,
+// H=16, K=V=128 (device_bytes()); the time saved is the prepare kernel and the state pass (cuda/README.md).
+// Elsewhere (Mode::accurate, fp32 inputs, larger heads, sm_80) the forward leaves it unfilled and the backward
+// recomputes as without it. Results are the same bit for bit either way.
+// The backward checks that it repeats the forward's problem, mode and input pointers (q, k, v, g, b, w, h0) and
+// throws gdr2::cuda::error naming the first difference; the tensors' contents must not change in between, and
+// the backward must be ordered after the forward (same stream, or an event). The device buffer is allocated with
+// cudaMalloc on first use, kept (and grown when needed) across calls, and freed by release() or the destructor.
+class SavedForward {
+ public:
+  SavedForward() = default;
+  ~SavedForward();
+  SavedForward(SavedForward&& other) noexcept;
+  SavedForward& operator=(SavedForward&& other) noexcept;
+  SavedForward(const SavedForward&) = delete;
+  SavedForward& operator=(const SavedForward&) = delete;
+  bool filled() const { return filled_; }               // a forward stored its intermediates here
+  std::size_t device_bytes() const { return capacity_; }  // device memory held
+  void release();                                        // frees the device memory; filled() becomes false
+
+ private:
+  friend struct detail::SavedForwardAccess;
+  void* data_ = nullptr;
+  std::size_t capacity_ = 0;
+  bool filled_ = false;
+  Problem problem_{};            // of the forward that filled it
+  Mode mode_ = Mode::fast;
+  const void* inputs_[7] = {};  // its q, k, v, g, b, w, h0
+};
+// chunk_forward that fills `saved` (when the tensor-core path applies), and chunk_backward that uses it.
+void chunk_forward(const Problem& p, const ForwardTensors& x, Mode mode, SavedForward& saved,
+                   cudaStream_t stream = nullptr);
+void chunk_backward(const Problem& p, const BackwardTensors& x, Mode mode, const SavedForward& saved,
+                    cudaStream_t stream = nullptr);
+
 }  // namespace gdr2::cuda
