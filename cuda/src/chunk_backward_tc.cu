@@ -677,6 +677,7 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
   __shared__ std::int64_t slot_base_shared;  // the first chunk slot of sequence n
   if (tid == 0) slot_base_shared = first_slot(cu_seqlens, n, T_);
   const std::size_t state_base = (static_cast<std::size_t>(n) * HV + hv) * K * V;
+  FragmentMap map = discover_fragment_map(stage, lane);  // this warp's staging tile
   for (int i = tid; i < kKMax * VT; i += kThreads) {  // dS = dht (zeros without it; padding zero)
     const int d = i / VT, c = i % VT;
     const float x = dht != nullptr && d < K && c0 + c < V ? dht[state_base + static_cast<std::size_t>(d) * V + c0 + c] : 0.0f;
@@ -684,6 +685,15 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
     dSb[d * SB + c] = __float2bfloat16_rn(x);
   }
   __syncthreads();
+  // The fp32 master of dS lives in registers: warp w owns the 16 x 16 tiles t = w + 8 j (j < nv) of the nk x nv
+  // tiles, as accumulator fragments that the update accumulates into.
+  const int tiles = nk * nv;
+  FragC grad[nv];
+#pragma unroll
+  for (int j = 0; j < nv; ++j) {
+    const int t = warp + kWarps * j;
+    if (t < tiles) wmma::load_matrix_sync(grad[j], dS32 + 16 * (t / nv) * SF + 16 * (t % nv), SF, wmma::mem_row_major);
+  }
   const std::int64_t slot_base = slot_base_shared;
   const int chunks = static_cast<int>((seq.eos - seq.bos + kC - 1) / kC);
   auto chunk_t0 = [&](int ci) { return seq.bos + static_cast<std::int64_t>(ci) * kC; };
@@ -714,21 +724,23 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
   };
   static_assert(kC * VT / 8 <= kThreads, "one dO piece per thread");
   const int piece_row = tid / (VT / 8), piece_col = 8 * (tid % (VT / 8));  // this thread's dO piece
-  float dout_next[8];
+  uint4 dout_next;  // 8 bf16 values (the operand rounding), 4 registers
   auto load_dout = [&](int ci) {  // dO rows of chunk ci, zeros past the sequence and past V
     const std::int64_t t0 = chunk_t0(ci);
     const int c = c0 + piece_col;
     const bool row_ok = piece_row < chunk_length(t0, seq.eos);
     const T* src = dout + ((t0 + piece_row) * HV + hv) * static_cast<std::int64_t>(V) + c;
+    alignas(16) bf16 values[8];
     if (row_ok && V % 8 == 0 && c + 8 <= V) {
       alignas(16) T packed[8];
       *reinterpret_cast<uint4*>(packed) = *reinterpret_cast<const uint4*>(src);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) dout_next[j] = to_float(packed[j]);
+      for (int j = 0; j < 8; ++j) values[j] = __float2bfloat16_rn(to_float(packed[j]));
     } else {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) dout_next[j] = row_ok && c + j < V ? to_float(src[j]) : 0.0f;
+      for (int j = 0; j < 8; ++j) values[j] = __float2bfloat16_rn(row_ok && c + j < V ? to_float(src[j]) : 0.0f);
     }
+    dout_next = *reinterpret_cast<const uint4*>(values);
   };
   if (chunks > 0) {
     issue_group_1(chunks - 1);
@@ -740,12 +752,7 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
     __pipeline_wait_prior(0);
     __syncthreads();  // group 1 of this chunk has landed; the previous update (dS, reads of Qgamma, Y, dO) is over
     issue_group_2(ci);
-    if (piece_row < kC) {
-      alignas(16) bf16 packed[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) packed[j] = __float2bfloat16_rn(dout_next[j]);
-      *reinterpret_cast<uint4*>(dOb + piece_row * SB + piece_col) = *reinterpret_cast<const uint4*>(packed);
-    }
+    if (piece_row < kC) *reinterpret_cast<uint4*>(dOb + piece_row * SB + piece_col) = dout_next;
     // The gradient of this chunk's end state, bf16 (the operand phase D's products use).
     bf16* out = dstates + (slot * HV + hv) * static_cast<std::size_t>(KP) * VP;
     for (int i = tid; i < KP * (VT / 8); i += kThreads) {
@@ -782,14 +789,16 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
     __syncthreads();  // group 2 has landed; dR is complete; Ktail and Aqk are dead
     issue_group_1(ci - 1);
     if (ci > 0) load_dout(ci - 1);
+    map.launder();
     // dS <- Diag(gamma_C) dS + Qgamma^T dO - Y^T dR; each warp updates its own 16 x 16 tiles in place.
-    for (int t = warp; t < nk * nv; t += kWarps) {
-      const int db = t / nv, cb = t % nv;
-      float* tile = dS32 + 16 * db * SF + 16 * cb;
-      for (int e = lane; e < 256; e += 32) tile[(e >> 4) * SF + (e & 15)] *= gam[16 * db + (e >> 4)];
-      __syncwarp();
-      FragC acc;
-      wmma::load_matrix_sync(acc, tile, SF, wmma::mem_row_major);
+#pragma unroll
+    for (int j = 0; j < nv; ++j) {
+      const int t = warp + kWarps * j, db = t / nv, cb = t % nv;
+      if (t >= tiles) continue;
+      FragC& acc = grad[j];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc.x[e] *= gam[16 * db + map.row(e)];
+#pragma unroll 1  // (fully unrolled, the preloaded fragments would not fit two blocks per SM)
       for (int kb = 0; kb < 4; ++kb) {
         FragAT q, y;  // (d, r) = Qgamma[r][d], Y[r][d]
         FragB o, dr;
@@ -800,15 +809,17 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
         wmma::mma_sync(acc, q, o, acc);
         wmma::mma_sync(acc, y, dr, acc);
       }
-      wmma::store_matrix_sync(tile, acc, SF, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int i = e >> 4, j = e & 15;
-        dSb[(16 * db + i) * SB + 16 * cb + j] = __float2bfloat16_rn(tile[i * SF + j]);
-      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e)  // the bf16 operand copy, straight from the fragment
+        dSb[(16 * db + map.row(e)) * SB + 16 * cb + map.col(e)] = __float2bfloat16_rn(acc.x[e]);
     }
   }
   __pipeline_wait_prior(0);
+#pragma unroll
+  for (int j = 0; j < nv; ++j) {
+    const int t = warp + kWarps * j;
+    if (t < tiles) wmma::store_matrix_sync(dS32 + 16 * (t / nv) * SF + 16 * (t % nv), grad[j], SF, wmma::mem_row_major);
+  }
   __syncthreads();  // dS complete
   if (dh0 != nullptr) {
     for (int i = tid; i < K * VT; i += kThreads) {

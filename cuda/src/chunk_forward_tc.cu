@@ -354,7 +354,7 @@ struct StateLayout {  // byte offsets in dynamic shared memory (every buffer 128
 // A group is committed (possibly empty) at every stage start, so each stage opens the same way: wait until at most
 // one group is in flight (the one committed last, two stages ahead), then __syncthreads.
 template <class T, int VT, bool Output, bool StoreStates>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, VT <= 32 ? 2 : 1)  // two blocks per SM at VT <= 32 (shared memory fits)
 tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_t* __restrict__ cu_seqlens, int T_,
                 int H, int HV, int K, int V, int KP, int VP, const bf16* __restrict__ ws_aqk,
                 const bf16* __restrict__ ws_y, const bf16* __restrict__ ws_u, const bf16* __restrict__ ws_qg,
@@ -423,12 +423,24 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
 
   issue_group_1(0);
   issue_group_2(0);
+  FragmentMap map = discover_fragment_map(S32 + warp * 256, lane);  // S32 is free until the init below
+  __syncthreads();
   // S_0 = h0 (zeros without h0; padded rows and columns zero).
   for (int i = tid; i < KP * VT; i += kThreads) {
     const int d = i / VT, c = i % VT;
     const float s = (h0 != nullptr && d < K && c0 + c < V) ? h0[state_base + static_cast<std::size_t>(d) * V + c0 + c] : 0.0f;
     S32[d * SF + c] = s;
     Sb[d * SB + c] = __float2bfloat16_rn(s);
+  }
+  __syncthreads();
+  // The fp32 master of S lives in registers: warp w owns the 16 x 16 tiles t = w + 8 j (j < nv) of the nk x nv
+  // tiles, as accumulator fragments that the update of Eq. 25 accumulates into.
+  const int tiles = nk * nv;
+  FragC state[nv];
+#pragma unroll
+  for (int j = 0; j < nv; ++j) {
+    const int t = warp + kWarps * j;
+    if (t < tiles) wmma::load_matrix_sync(state[j], S32 + 16 * (t / nv) * SF + 16 * (t % nv), SF, wmma::mem_row_major);
   }
 
   for (int ci = 0; ci < chunks; ++ci) {
@@ -437,6 +449,7 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     // ---- R: Eq. 23, R = U - Y S_0 (rows >= len are zero: Y and U were zero-filled there).
     open_stage();  // group 1 of this chunk has landed; S_0 (the previous update) is complete
     issue_group_3(ci);
+    map.launder();
     if constexpr (StoreStates) {  // S_c (bf16, the operand the products use), the state at this chunk's start
       bf16* out = states + ((slot_base + ci) * HV + hv) * static_cast<std::size_t>(KP) * VP;
       for (int i = tid; i < KP * (VT / 8); i += kThreads) {
@@ -457,14 +470,11 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
         wmma::load_matrix_sync(s, Sb + 16 * kb * SB + 16 * cb, SB);
         wmma::mma_sync(acc, a, s, acc);
       }
-      float* tile = R32 + 16 * rb * SF + 16 * cb;
-      wmma::store_matrix_sync(tile, acc, SF, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int i = e >> 4, j = e & 15, at = (16 * rb + i) * SB + 16 * cb + j;
-        Rb[at] = __float2bfloat16_rn(__bfloat162float(Ub[at]) - tile[i * SF + j]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {  // straight from the fragment
+        const int at = (16 * rb + map.row(e)) * SB + 16 * cb + map.col(e);
+        Rb[at] = __float2bfloat16_rn(__bfloat162float(Ub[at]) - acc.x[e]);
       }
-      __syncwarp();
     }
 
     // ---- O: Eq. 24, O = Qgamma S_0 + Aqk R (scale folded into both), staged in R32.
@@ -517,13 +527,14 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     // ---- Eq. 25: S_C = Diag(gamma_C) S_0 + Ktail^T R; each warp updates its own 16 x 16 tiles in place.
     open_stage();  // group 3 has landed; Qgamma, Aqk and S_0 are no longer read
     issue_group_2(ci + 1);
-    for (int t = warp; t < nk * nv; t += kWarps) {
-      const int db = t / nv, cb = t % nv;
-      float* tile = S32 + 16 * db * SF + 16 * cb;
-      for (int e = lane; e < 256; e += 32) tile[(e >> 4) * SF + (e & 15)] *= gam[16 * db + (e >> 4)];
-      __syncwarp();
-      FragC acc;
-      wmma::load_matrix_sync(acc, tile, SF, wmma::mem_row_major);
+    map.launder();
+#pragma unroll
+    for (int j = 0; j < nv; ++j) {
+      const int t = warp + kWarps * j, db = t / nv, cb = t % nv;
+      if (t >= tiles) continue;
+      FragC& acc = state[j];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc.x[e] *= gam[16 * db + map.row(e)];
       for (int kb = 0; kb < kC / 16; ++kb) {
         FragAT a;  // Ktail^T: element (d, s) = Ktail[s][d]
         FragB r;
@@ -531,15 +542,17 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
         wmma::load_matrix_sync(r, Rb + 16 * kb * SB + 16 * cb, SB);
         wmma::mma_sync(acc, a, r, acc);
       }
-      wmma::store_matrix_sync(tile, acc, SF, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int i = e >> 4, j = e & 15;
-        Sb[(16 * db + i) * SB + 16 * cb + j] = __float2bfloat16_rn(tile[i * SF + j]);
-      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e)  // the bf16 operand copy, straight from the fragment
+        Sb[(16 * db + map.row(e)) * SB + 16 * cb + map.col(e)] = __float2bfloat16_rn(acc.x[e]);
     }
   }
   __pipeline_wait_prior(0);
+#pragma unroll
+  for (int j = 0; j < nv; ++j) {
+    const int t = warp + kWarps * j;
+    if (t < tiles) wmma::store_matrix_sync(S32 + 16 * (t / nv) * SF + 16 * (t % nv), state[j], SF, wmma::mem_row_major);
+  }
   __syncthreads();
   if (ht != nullptr) {
     for (int i = tid; i < K * VT; i += kThreads) {
