@@ -20,6 +20,7 @@
 // K=V=128 that is ~0.3 GB (the fp32 path: ~0.74 GB).
 // Precision: each product operand is rounded to bf16 (unit roundoff 2^-9) once, accumulations are fp32.
 // Eligible: bf16 / f16 inputs with K <= 128 (chunk_forward falls back to the fp32 kernels otherwise).
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -56,6 +57,35 @@ constexpr std::size_t kPrepareShared = kOffEbar + kC * kEB * 2;  // 66560
 
 __device__ __forceinline__ int ks_row_offset(int I) { return 8 * I * (I - 1); }  // I = 1, 2, 3 -> 0, 16, 48
 
+// 8 consecutive elements from global memory: `valid` of them (the rest zero); with `vector` (16-byte aligned
+// and valid == 8) in 16-byte loads.
+template <class E>
+__device__ __forceinline__ void load8(E (&dst)[8], const E* src, int valid, bool vector) {
+  if (vector && valid == 8) {
+#pragma unroll
+    for (int i = 0; i < static_cast<int>(8 * sizeof(E) / 16); ++i)
+      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) dst[j] = j < valid ? src[j] : from_float<E>(0.0f);
+  }
+}
+
+// One thread's piece of a d tile in flight: row r = tid / 4, channels d0 + 8 (tid % 4) .. + 7 of q, k, b, g.
+// Loaded one tile ahead (while the previous tile's scores compute), so that the global latency is hidden.
+template <class T>
+struct KeyPiece {
+  alignas(16) T q[8], k[8], b[8];
+  alignas(16) float g[8];
+};
+
+// 64 x 64 tile of Z = W * V in flight: two pieces of 8 columns per thread (piece i = tid + 256 m: row i / 8,
+// columns 8 (i % 8) .. + 7).
+template <class T>
+struct ZPieces {
+  alignas(16) T w[2][8], v[2][8];
+};
+
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3)
 tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -63,7 +93,7 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
                   const std::int32_t* __restrict__ cu_seqlens, int N, int T_, int H, int HV, int K, int V,
                   int KP, int VP, float scale, bf16* __restrict__ ws_aqk, bf16* __restrict__ ws_y,
                   bf16* __restrict__ ws_u, bf16* __restrict__ ws_qg, bf16* __restrict__ ws_ktail,
-                  float* __restrict__ ws_gamma_c, bf16* __restrict__ ws_a) {
+                  float* __restrict__ ws_gamma_c, bf16* __restrict__ ws_a, bool vector_loads) {
   extern __shared__ __align__(128) unsigned char smem[];
   float* tG = reinterpret_cast<float*>(smem);
   float* tq = tG + kC * kDS;
@@ -110,17 +140,27 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   }
   const int diag_count = tid + 2 * kThreads < kDiagPairs ? 3 : 2;
 
+  // The d tiles' inputs, one tile ahead (rows >= len and channels >= K are zeros; g = 0 there keeps G constant).
+  const int piece_r = tid >> 2, piece_c = 8 * (tid & 3);
+  KeyPiece<T> next;
+  auto fetch_tile = [&](int d0) {
+    const int d = d0 + piece_c, valid = piece_r < len ? max(0, min(8, K - d)) : 0;
+    const std::int64_t at = valid > 0 ? key_row(piece_r) * K + d : 0;
+    load8(next.q, q + at, valid, vector_loads);
+    load8(next.k, k + at, valid, vector_loads);
+    load8(next.b, b + at, valid, vector_loads);
+    load8(next.g, g + at, valid, vector_loads);
+  };
+  fetch_tile(0);
   for (int d0 = 0; d0 < KP; d0 += kDT) {
-    // Load the d tile (rows >= len and channels >= K are zeros; g = 0 there keeps G constant).
-    for (int i = tid; i < kC * kDT; i += kThreads) {
-      const int r = i / kDT, dd = i % kDT, d = d0 + dd;
-      const bool ok = r < len && d < K;
-      const std::int64_t at = ok ? key_row(r) * K + d : 0;
-      const float kv = ok ? to_float(k[at]) : 0.0f;
-      tG[r * kDS + dd] = ok ? g[at] : 0.0f;
-      tq[r * kDS + dd] = ok ? to_float(q[at]) : 0.0f;
-      tk[r * kDS + dd] = kv;
-      te[r * kDS + dd] = ok ? to_float(b[at]) * kv : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {  // (lanes: rows r .. r + 7 x 4 pieces, banks r + 8 p + j all distinct)
+      const int at = piece_r * kDS + piece_c + j;
+      const float kv = to_float(next.k[j]);
+      tG[at] = next.g[j];
+      tq[at] = to_float(next.q[j]);
+      tk[at] = kv;
+      te[at] = to_float(next.b[j]) * kv;
     }
     __syncthreads();
     {  // Eq. 18: G_r = sum_{i<=r} g_i per channel (kept as G2 = G log2 e); 8 lanes per channel, shuffle scan.
@@ -163,6 +203,7 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
           Ks[(ks_row_offset(I) + r) * kDB + dd] = __float2bfloat16_rn(tk[at] * fast_exp2(tG[16 * I * kDS + dd] - G));
     }
     __syncthreads();
+    if (d0 + kDT < KP) fetch_tile(d0 + kDT);  // lands while the scores below compute
     // Off-diagonal blocks: (Aqk)_IJ += Qs_I Ks_{I,J}^T and T_IJ += Es_I Ks_{I,J}^T (exp(G_r - G_s) factorised).
     if (warp < 6) {
       const int I = pair_I, J = pair_J;
@@ -225,6 +266,22 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
     if (!(s < r && r < len)) sT[r * kSS + s] = 0.0f;
   }
   __syncthreads();
+  // The first Z = W * V tile (of U = A Z below) is fetched now and lands during the solve; tile z is value head
+  // h * group + z / z_cols, columns 64 (z % z_cols) ...
+  const int group = HV / H, z_cols = (VP + kZT - 1) / kZT, z_tiles = group * z_cols;
+  ZPieces<T> znext;
+  auto fetch_z = [&](int z) {
+    const int hv = h * group + z / z_cols, c0 = kZT * (z % z_cols);
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      const int i = tid + kThreads * m, r = i >> 3, c = c0 + 8 * (i & 7);
+      const int valid = r < len ? max(0, min(8, V - c)) : 0;
+      const std::int64_t at = valid > 0 ? ((chunk.t0 + r) * HV + hv) * V + c : 0;
+      load8(znext.w[m], w + at, valid, vector_loads);
+      load8(znext.v[m], v + at, valid, vector_loads);
+    }
+  };
+  fetch_z(0);
   // Eq. 20: A = (I + T)^{-1} in fp32, by 16 x 16 blocks. Diagonal blocks A_II = (I + T_II)^{-1}: warp I,
   // lane c < 16 solves column c by forward substitution in registers. Then, block row by block row,
   // A_IJ = -A_II X_IJ with X_IJ = sum_{M=J}^{I-1} T_IM A_MJ (J < I).
@@ -290,35 +347,36 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   }
 
   // U = A Z (Eq. 22), Z = W * V, for every value head of the key head's group, 64 value columns at a time.
-  const int group = HV / H;
-  for (int hv = h * group; hv < (h + 1) * group; ++hv) {
-    for (int c0 = 0; c0 < VP; c0 += kZT) {
-      __syncthreads();  // the previous Z tile is consumed (and A fp32, which Z overwrites, is dead)
-      for (int i = tid; i < kC * kZT; i += kThreads) {
-        const int r = i / kZT, cc = i % kZT, c = c0 + cc;
-        const bool ok = r < len && c < V;
-        const std::int64_t at = ok ? ((chunk.t0 + r) * HV + hv) * V + c : 0;
-        sZ[r * kZB + cc] = __float2bfloat16_rn(ok ? to_float(w[at]) * to_float(v[at]) : 0.0f);
+  for (int z = 0; z < z_tiles; ++z) {
+    const int hv = h * group + z / z_cols, c0 = kZT * (z % z_cols);
+    __syncthreads();  // the previous Z tile is consumed (and A fp32, which Z overwrites, is dead)
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {  // the prepare kernel's rounding: bf16(w * v)
+      const int i = tid + kThreads * m, r = i >> 3, cc = 8 * (i & 7);
+      alignas(16) bf16 packed[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) packed[j] = __float2bfloat16_rn(to_float(znext.w[m][j]) * to_float(znext.v[m][j]));
+      *reinterpret_cast<uint4*>(sZ + r * kZB + cc) = *reinterpret_cast<const uint4*>(packed);
+    }
+    __syncthreads();
+    if (z + 1 < z_tiles) fetch_z(z + 1);  // lands while this tile's products run
+    const int nz = min(kZT, VP - c0) / 16;
+    for (int t = warp; t < 4 * nz; t += kWarps) {
+      const int rb = t / nz, cb = t % nz;
+      FragC acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int kb = 0; kb <= rb; ++kb) {
+        FragA a;
+        FragB zf;
+        wmma::load_matrix_sync(a, sAb + 16 * rb * kAB + 16 * kb, kAB);
+        wmma::load_matrix_sync(zf, sZ + 16 * kb * kZB + 16 * cb, kZB);
+        wmma::mma_sync(acc, a, zf, acc);
       }
-      __syncthreads();
-      const int nz = min(kZT, VP - c0) / 16;
-      for (int t = warp; t < 4 * nz; t += kWarps) {
-        const int rb = t / nz, cb = t % nz;
-        FragC acc;
-        wmma::fill_fragment(acc, 0.0f);
-        for (int kb = 0; kb <= rb; ++kb) {
-          FragA a;
-          FragB z;
-          wmma::load_matrix_sync(a, sAb + 16 * rb * kAB + 16 * kb, kAB);
-          wmma::load_matrix_sync(z, sZ + 16 * kb * kZB + 16 * cb, kZB);
-          wmma::mma_sync(acc, a, z, acc);
-        }
-        wmma::store_matrix_sync(my_stage, acc, kStage, wmma::mem_row_major);
-        __syncwarp();
-        store_tile_bf16(my_stage, len - 16 * rb,
-                        [&](int i) { return ws_u + ((chunk.t0 + 16 * rb + i) * HV + hv) * VP + c0 + 16 * cb; }, lane);
-        __syncwarp();
-      }
+      wmma::store_matrix_sync(my_stage, acc, kStage, wmma::mem_row_major);
+      __syncwarp();
+      store_tile_bf16(my_stage, len - 16 * rb,
+                      [&](int i) { return ws_u + ((chunk.t0 + 16 * rb + i) * HV + hv) * VP + c0 + 16 * cb; }, lane);
+      __syncwarp();
     }
   }
 }
@@ -629,6 +687,10 @@ void launch_tensor_core_prepare(const Problem& p, const void* q, const void* k, 
                                 const void* b, const void* w, int N, float scale, const PrepareWorkspace& ws,
                                 cudaStream_t stream, const char* who) {
   const int KP = round_up(p.K, 16), VP = round_up(p.V, 16);
+  // 16-byte loads of 8 channels when every input is 16-byte aligned and rows are whole multiples of 8 elements.
+  auto aligned = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; };
+  const bool vector_loads = p.K % 8 == 0 && p.V % 8 == 0 && aligned(q) && aligned(k) && aligned(v) && aligned(g) &&
+                            aligned(b) && aligned(w);
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto prepare = tc_prepare_kernel<T>;
@@ -637,7 +699,7 @@ void launch_tensor_core_prepare(const Problem& p, const void* q, const void* k, 
     prepare<<<dim3(slot_count(p, N), p.H), kThreads, kPrepareShared, stream>>>(
         static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), g, static_cast<const T*>(b),
         static_cast<const T*>(w), p.cu_seqlens, N, p.T, p.H, p.HV, p.K, p.V, KP, VP, scale, ws.aqk, ws.y, ws.u,
-        ws.qg, ws.ktail, ws.gamma_c, ws.a);
+        ws.qg, ws.ktail, ws.gamma_c, ws.a, vector_loads);
     check_launch(who, "tc_prepare_kernel");
   });
 }
