@@ -71,6 +71,14 @@ __device__ __forceinline__ void load8(E (&dst)[8], const E* src, int valid, bool
   }
 }
 
+// 8 floats as 8 bf16 in one 16-byte store (dst 16-byte aligned).
+__device__ __forceinline__ void store8_bf16(bf16* dst, const float (&x)[8]) {
+  alignas(16) bf16 packed[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) packed[j] = __float2bfloat16_rn(x[j]);
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(packed);
+}
+
 // One thread's piece of a d tile in flight: row r = tid / 4, channels d0 + 8 (tid % 4) .. + 7 of q, k, b, g.
 // Loaded one tile ahead (while the previous tile's scores compute), so that the global latency is hidden.
 template <class T>
@@ -179,28 +187,56 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
       for (int i = 0; i < 8; ++i) tG[(r0 + i) * kDS + c] = (offset + prefix[i]) * kLog2e;  // G2 = G log2(e)
     }
     __syncthreads();
-    // Elementwise: outputs of Eq. 24-25 and the prescaled operands (every exp has a non-positive argument).
-    for (int i = tid; i < kC * kDT; i += kThreads) {
-      const int r = i / kDT, dd = i % kDT, d = d0 + dd, at = r * kDS + dd;
-      const float G = tG[at], G_last = tG[(len - 1) * kDS + dd];  // in units of log2(e)
-      const float gamma = fast_exp2(G);
+    // Elementwise: outputs of Eq. 24-25 and the prescaled operands (every exp has a non-positive argument). Each
+    // thread takes its piece (row r, 8 channels) and writes 16-byte rows of 8 bf16.
+    {
+      const int r = piece_r, c = piece_c, d = d0 + c;
+      const float* Gr = tG + r * kDS + c;
+      const float* Gl = tG + (len - 1) * kDS + c;  // G at the chunk's last row (in units of log2(e))
+      float G[8], out[8];  // (gamma_r = exp2(G) is recomputed where used: fewer live registers)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) G[j] = Gr[j];
+      const float* qr = tq + r * kDS + c;
+      const float* kr = tk + r * kDS + c;
+      const float* er = te + r * kDS + c;
       if (d < KP) {
         if (r < len) {
-          ws_qg[key_row(r) * KP + d] = __float2bfloat16_rn(scale * gamma * tq[at]);         // Eq. 24: scale gamma_r q_r
-          ws_ktail[key_row(r) * KP + d] = __float2bfloat16_rn(tk[at] * fast_exp2(G_last - G));  // Eq. 25: Ktail row r
+#pragma unroll
+          for (int j = 0; j < 8; ++j) out[j] = scale * fast_exp2(G[j]) * qr[j];  // Eq. 24: scale gamma_r q_r
+          store8_bf16(ws_qg + key_row(r) * KP + d, out);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) out[j] = kr[j] * fast_exp2(Gl[j] - G[j]);  // Eq. 25: Ktail row r
+          store8_bf16(ws_ktail + key_row(r) * KP + d, out);
         }
-        sEbar[r * kEB + d] = __float2bfloat16_rn(gamma * te[at]);  // Ebar_r = gamma_r b_r k_r
-        if (r == 0) ws_gamma_c[(slot * H + h) * KP + d] = fast_exp2(G_last);  // gamma_C
-      }
-      if (r >= 16) {
-        const float own = fast_exp2(G - tG[(r & ~15) * kDS + dd]);
-        Qs[(r - 16) * kDB + dd] = __float2bfloat16_rn(tq[at] * own);
-        Es[(r - 16) * kDB + dd] = __float2bfloat16_rn(te[at] * own);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) out[j] = fast_exp2(G[j]) * er[j];  // Ebar_r = gamma_r b_r k_r
+        store8_bf16(sEbar + r * kEB + d, out);
+        if (r == 0) {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) ws_gamma_c[(slot * H + h) * KP + d + j] = fast_exp2(Gl[j]);  // gamma_C
+        }
       }
 #pragma unroll
-      for (int I = 1; I < 4; ++I)
-        if (r < 16 * I)
-          Ks[(ks_row_offset(I) + r) * kDB + dd] = __float2bfloat16_rn(tk[at] * fast_exp2(tG[16 * I * kDS + dd] - G));
+      for (int I = 1; I < 4; ++I) {
+        if (r < 16 * I) {
+          const float* Gp = tG + 16 * I * kDS + c;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) out[j] = kr[j] * fast_exp2(Gp[j] - G[j]);
+          store8_bf16(Ks + (ks_row_offset(I) + r) * kDB + c, out);
+        }
+      }
+      if (r >= 16) {
+        const float* Gp = tG + (r & ~15) * kDS + c;  // pivot: the first row of r's block
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {  // in place: G becomes the own factor exp2(G_r - G_i0) (the last use of G)
+          G[j] = fast_exp2(G[j] - Gp[j]);
+          out[j] = qr[j] * G[j];
+        }
+        store8_bf16(Qs + (r - 16) * kDB + c, out);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) out[j] = er[j] * G[j];
+        store8_bf16(Es + (r - 16) * kDB + c, out);
+      }
     }
     __syncthreads();
     if (d0 + kDT < KP) fetch_tile(d0 + kDT);  // lands while the scores below compute
