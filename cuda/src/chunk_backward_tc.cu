@@ -30,6 +30,7 @@
 // [BT, HV, KP], dAqk fp32 [BT, HV, 64], dG_last fp32 [chunks, HV, KP] (0.50 GiB): 1.06 GiB in all.
 // Precision: each product operand is rounded to bf16 once (unit roundoff 2^-9); the contract is gdr2-verify's
 // bf16 one (error within 8 x that of the reference run in bfloat16).
+#include <cstdint>
 #include <type_traits>
 
 #include "chunk_backward_tc.cuh"
@@ -328,7 +329,8 @@ __global__ void __launch_bounds__(kGradThreads, 1)
 tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                           const float* __restrict__ g, const T* __restrict__ b, const T* __restrict__ w,
                           const std::int32_t* __restrict__ cu_seqlens, int N, int T_, int H, int HV, int K, int V,
-                          int KP, int VP, PrepareWorkspace pw, StateGradients sg, KeyGradients<T> out) {
+                          int KP, int VP, PrepareWorkspace pw, StateGradients sg, KeyGradients<T> out,
+                          bool vector_loads) {
   namespace L = chunk_layout;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* dYb = reinterpret_cast<bf16*>(smem + L::dy);
@@ -375,36 +377,55 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
   async_rows<kVMax / 8, kGradThreads>(dRb, kEB, sg.dr + val_row(0) * VP, std::int64_t(HV) * VP, len, VP / 8, tid);
   async_rows<kC / 8, kGradThreads>(Ab, kAB, pw.a + key_row(0) * kC, std::int64_t(H) * kC, len, kC / 8, tid);
   __pipeline_commit();
-  // Global loads in unrolled loops (many in flight per thread: one block per SM hides little latency).
-#pragma unroll 8
-  for (int i = tid; i < kC * kKMax; i += kGradThreads) {
-    const int r = i / kKMax, d = i % kKMax;
-    G[r * kGS + d] = r < len && d < K ? g[key_row(r) * K + d] : 0.0f;
+  // Every global input of the chunk is requested at once, in pieces of 8 consecutive elements (16-byte loads when
+  // the inputs allow: vector_loads), into registers: one block per SM hides little latency. Thread -> pieces
+  // i = tid + 512 m of the 64 x 128 tiles (row i / 16, columns 8 (i % 16) ..) and i = tid of the 64 x 64 dAqk.
+  float g_in[2][8], daqk_in[8];
+  T w_in[2][8], v_in[2][8], b_in[2][8], k_in[2][8];
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+    const int i = tid + kGradThreads * m, r = i >> 4, c = 8 * (i & 15);
+    const int key_valid = r < len ? max(0, min(8, K - c)) : 0, val_valid = r < len ? max(0, min(8, V - c)) : 0;
+    const std::int64_t key_at = key_valid > 0 ? key_row(r) * K + c : 0, val_at = val_valid > 0 ? val_row(r) * V + c : 0;
+    load8(g_in[m], g + key_at, key_valid, vector_loads);
+    load8(b_in[m], b + key_at, key_valid, vector_loads);
+    load8(k_in[m], k + key_at, key_valid, vector_loads);
+    load8(w_in[m], w + val_at, val_valid, vector_loads);
+    load8(v_in[m], v + val_at, val_valid, vector_loads);
   }
-#pragma unroll 8
-  for (int i = tid; i < kC * kVMax; i += kGradThreads) {  // Z = W * V (the prepare kernel's rounding)
-    const int r = i / kVMax, j = i % kVMax;
-    const bool ok = r < len && j < V;
-    const std::int64_t at = val_row(r) * V + j;
-    Zb[r * kEB + j] = __float2bfloat16_rn(ok ? to_float(w[at]) * to_float(v[at]) : 0.0f);
+  {
+    const int r = tid >> 3, c = 8 * (tid & 7);
+    load8(daqk_in, sg.daqk + (r < len ? val_row(r) * kC + c : 0), r < len ? 8 : 0, true);  // (our workspace)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int s = c + j;
+      if ((s >> 4) == (r >> 4)) dAqkd[r * 17 + (s & 15)] = daqk_in[j];
+      daqk_in[j] = s == r ? 0.0f : daqk_in[j];  // the diagonal is added elementwise
+    }
+    store8_bf16(dAqkb + r * kAB + c, daqk_in);
   }
-#pragma unroll 8
-  for (int i = tid; i < kC * kC; i += kGradThreads) {
-    const int r = i / kC, s = i % kC;
-    const float x = r < len ? sg.daqk[val_row(r) * kC + s] : 0.0f;
-    if ((s >> 4) == (r >> 4)) dAqkd[r * 17 + (s & 15)] = x;
-    dAqkb[r * kAB + s] = __float2bfloat16_rn(s == r ? 0.0f : x);  // the diagonal is added elementwise
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+    const int i = tid + kGradThreads * m, r = i >> 4, c = 8 * (i & 15);
+    float z[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      G[r * kGS + c + j] = g_in[m][j];
+      z[j] = to_float(w_in[m][j]) * to_float(v_in[m][j]);  // Z = W * V (the prepare kernel's rounding)
+    }
+    store8_bf16(Zb + r * kEB + c, z);
   }
   __syncthreads();
   scan_decays<kGradThreads>(G, kGS, kKMax, tid);
   __syncthreads();
   // Ebar_r = gamma_r b_r k_r as a bf16 operand (the prepare kernel's rounding).
-#pragma unroll 8
-  for (int i = tid; i < kC * kKMax; i += kGradThreads) {
-    const int r = i / kKMax, d = i % kKMax;
-    const bool ok = r < len && d < K;
-    const std::int64_t at = key_row(r) * K + d;
-    Eb[r * kEB + d] = __float2bfloat16_rn(ok ? fast_exp2(G[r * kGS + d]) * (to_float(b[at]) * to_float(k[at])) : 0.0f);
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+    const int i = tid + kGradThreads * m, r = i >> 4, c = 8 * (i & 15);
+    float e[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) e[j] = fast_exp2(G[r * kGS + c + j]) * (to_float(b_in[m][j]) * to_float(k_in[m][j]));
+    store8_bf16(Eb + r * kEB + c, e);
   }
   __pipeline_wait_prior(0);
   __syncthreads();
@@ -895,6 +916,10 @@ void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, flo
   check(cudaGetDevice(&device), who, "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), who, "cudaDeviceGetAttribute(SM count)");
   const int vt = static_cast<long long>(N) * p.HV * ((p.V + 31) / 32) >= sms ? 32 : 16;
+  // 16-byte loads of 8 elements in the chunk-gradient kernel when every input allows them.
+  auto aligned = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; };
+  const bool vector_loads = p.K % 8 == 0 && p.V % 8 == 0 && aligned(x.q) && aligned(x.k) && aligned(x.v) &&
+                            aligned(x.g) && aligned(x.b) && aligned(x.w);
   if (saved == nullptr) {  // phases A and B
     launch_tensor_core_prepare(p, x.q, x.k, x.v, x.g, x.b, x.w, N, scale, pw, stream, who);
     launch_tensor_core_states(p, x.h0, N, pw, vt, parts.states, parts.r, stream, who);
@@ -925,7 +950,7 @@ void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, flo
           static_cast<const T*>(x.q), static_cast<const T*>(x.k), static_cast<const T*>(x.v), x.g,
           static_cast<const T*>(x.b), static_cast<const T*>(x.w), p.cu_seqlens, N, p.T, p.H, p.HV, p.K, p.V, KP, VP,
           pw, sg, KeyGradients<T>{dq == nullptr, static_cast<T*>(x.dq), static_cast<T*>(x.dk), static_cast<T*>(x.db),
-                                  dq, dk, db, x.dg});
+                                  dq, dk, db, x.dg}, vector_loads);
       check_launch(who, "tc_chunk_gradients_kernel");
     }
   });

@@ -57,28 +57,6 @@ constexpr std::size_t kPrepareShared = kOffEbar + kC * kEB * 2;  // 66560
 
 __device__ __forceinline__ int ks_row_offset(int I) { return 8 * I * (I - 1); }  // I = 1, 2, 3 -> 0, 16, 48
 
-// 8 consecutive elements from global memory: `valid` of them (the rest zero); with `vector` (16-byte aligned
-// and valid == 8) in 16-byte loads.
-template <class E>
-__device__ __forceinline__ void load8(E (&dst)[8], const E* src, int valid, bool vector) {
-  if (vector && valid == 8) {
-#pragma unroll
-    for (int i = 0; i < static_cast<int>(8 * sizeof(E) / 16); ++i)
-      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
-  } else {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) dst[j] = j < valid ? src[j] : from_float<E>(0.0f);
-  }
-}
-
-// 8 floats as 8 bf16 in one 16-byte store (dst 16-byte aligned).
-__device__ __forceinline__ void store8_bf16(bf16* dst, const float (&x)[8]) {
-  alignas(16) bf16 packed[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) packed[j] = __float2bfloat16_rn(x[j]);
-  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(packed);
-}
-
 // One thread's piece of a d tile in flight: row r = tid / 4, channels d0 + 8 (tid % 4) .. + 7 of q, k, b, g.
 // Loaded one tile ahead (while the previous tile's scores compute), so that the global latency is hidden.
 template <class T>

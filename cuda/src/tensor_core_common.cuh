@@ -72,6 +72,28 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
+// 8 consecutive elements from global memory: `valid` of them (the rest zero); with `vector` (16-byte aligned
+// and valid == 8) in 16-byte loads.
+template <class E>
+__device__ __forceinline__ void load8(E (&dst)[8], const E* src, int valid, bool vector) {
+  if (vector && valid == 8) {
+#pragma unroll
+    for (int i = 0; i < static_cast<int>(8 * sizeof(E) / 16); ++i)
+      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) dst[j] = j < valid ? src[j] : from_float<E>(0.0f);
+  }
+}
+
+// 8 floats as 8 bf16 in one 16-byte store (dst 16-byte aligned).
+__device__ __forceinline__ void store8_bf16(bf16* dst, const float (&x)[8]) {
+  alignas(16) bf16 packed[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) packed[j] = __float2bfloat16_rn(x[j]);
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(packed);
+}
+
 // Stores a 16 x 16 fp32 tile (staged in shared memory, row stride kStage) as bf16 rows of global memory:
 // row i goes to dst(i) unless i >= rows; each lane writes 8 consecutive values (one 16-byte store).
 template <class RowPtr>
