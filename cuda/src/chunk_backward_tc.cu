@@ -102,7 +102,7 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
                           T* __restrict__ dv, T* __restrict__ dw, const bf16* __restrict__ states,
                           const bf16* __restrict__ dstates, const std::int32_t* __restrict__ cu_seqlens, int N,
                           int T_, int H, int HV, int K, int V, int KP, int VP, float scale, PrepareWorkspace pw,
-                          StateGradients sg) {
+                          StateGradients sg, bool vector_io) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int rows = KP / gridDim.z, d_begin = rows * blockIdx.z;  // this block's key rows [d_begin, d_begin + rows)
   const bool first_part = blockIdx.z == 0;                        // also computes dAqk and dZ (dv, dw)
@@ -139,10 +139,22 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
     __pipeline_memcpy_async(dSb + row * kEB + 8 * piece, ok ? dSg + row * VP + 8 * piece : dSg, 16, ok ? 0 : 16);
   }
   __pipeline_commit();
-#pragma unroll 8
-  for (int i = tid; i < kC * kVMax; i += kThreads) {
-    const int r = i / kVMax, j = i % kVMax;
-    dOb[r * kEB + j] = __float2bfloat16_rn(r < len && j < V ? to_float(dout[val_row(r) * V + j]) : 0.0f);
+  {  // dO, pieces of 8 columns (16-byte loads with vector_io), all requested before the first is used
+    alignas(16) T piece[4][8];
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int i = tid + kThreads * m, r = i >> 4, c = 8 * (i & 15);
+      const int valid = r < len ? max(0, min(8, V - c)) : 0;
+      load8(piece[m], dout + (valid > 0 ? val_row(r) * V + c : 0), valid, vector_io);
+    }
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int i = tid + kThreads * m, r = i >> 4, c = 8 * (i & 15);
+      float x[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) x[j] = to_float(piece[m][j]);
+      store8_bf16(dOb + r * kEB + c, x);
+    }
   }
   __pipeline_wait_prior(0);
   __syncthreads();
@@ -228,14 +240,21 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
     mma_lower_transposed(acc, Ab, kAB, dRb, kEB, rb, 16 * cb);
     wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
     __syncwarp();
-    for (int e = lane; e < 256; e += 32) {
-      const int r = 16 * rb + (e >> 4), c = 16 * cb + (e & 15);
-      if (r < len && c < V) {
-        const std::int64_t at = val_row(r) * V + c;
-        const float dz = stage[(e >> 4) * kStage + (e & 15)];
-        dw[at] = from_float<T>(dz * to_float(v[at]));
-        dv[at] = from_float<T>(dz * to_float(w[at]));
+    {  // lane -> row lane / 2 of the tile, 8 columns: 16-byte loads and stores with vector_io
+      const int i = lane >> 1, j0 = 8 * (lane & 1), r = 16 * rb + i, c = 16 * cb + j0;
+      const int valid = r < len ? max(0, min(8, V - c)) : 0;
+      const std::int64_t at = valid > 0 ? val_row(r) * V + c : 0;
+      alignas(16) T vv[8], ww[8], out_w[8], out_v[8];
+      load8(vv, v + at, valid, vector_io);
+      load8(ww, w + at, valid, vector_io);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float dz = stage[i * kStage + j0 + j];
+        out_w[j] = from_float<T>(dz * to_float(vv[j]));
+        out_v[j] = from_float<T>(dz * to_float(ww[j]));
       }
+      store8(dw + at, out_w, valid, vector_io);
+      store8(dv + at, out_v, valid, vector_io);
     }
     __syncwarp();
   }
@@ -380,8 +399,8 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
   // Every global input of the chunk is requested at once, in pieces of 8 consecutive elements (16-byte loads when
   // the inputs allow: vector_loads), into registers: one block per SM hides little latency. Thread -> pieces
   // i = tid + 512 m of the 64 x 128 tiles (row i / 16, columns 8 (i % 16) ..) and i = tid of the 64 x 64 dAqk.
-  float g_in[2][8], daqk_in[8];
-  T w_in[2][8], v_in[2][8], b_in[2][8], k_in[2][8];
+  alignas(16) float g_in[2][8], daqk_in[8];
+  alignas(16) T w_in[2][8], v_in[2][8], b_in[2][8], k_in[2][8];
 #pragma unroll
   for (int m = 0; m < 2; ++m) {
     const int i = tid + kGradThreads * m, r = i >> 4, c = 8 * (i & 15);
@@ -920,6 +939,8 @@ void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, flo
   auto aligned = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; };
   const bool vector_loads = p.K % 8 == 0 && p.V % 8 == 0 && aligned(x.q) && aligned(x.k) && aligned(x.v) &&
                             aligned(x.g) && aligned(x.b) && aligned(x.w);
+  const bool vector_io = p.V % 8 == 0 && aligned(x.dout) && aligned(x.v) && aligned(x.w) && aligned(x.dv) &&
+                         aligned(x.dw);  // the state-gradient kernel's dO loads and dv, dw stores
   if (saved == nullptr) {  // phases A and B
     launch_tensor_core_prepare(p, x.q, x.k, x.v, x.g, x.b, x.w, N, scale, pw, stream, who);
     launch_tensor_core_states(p, x.h0, N, pw, vt, parts.states, parts.r, stream, who);
@@ -941,7 +962,7 @@ void tensor_core_backward(const Problem& p, const BackwardTensors& x, int N, flo
       state_kernel<<<dim3(slots, p.HV, parts), kThreads, layout.bytes, stream>>>(
           static_cast<const T*>(x.dout), static_cast<const T*>(x.v), static_cast<const T*>(x.w),
           static_cast<T*>(x.dv), static_cast<T*>(x.dw), states, dstates, p.cu_seqlens, N, p.T, p.H, p.HV, p.K, p.V,
-          KP, VP, scale, pw, sg);
+          KP, VP, scale, pw, sg, vector_io);
       check_launch(who, "tc_state_gradients_kernel");
       auto chunk_kernel = tc_chunk_gradients_kernel<T>;
       check(cudaFuncSetAttribute(chunk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, chunk_layout::bytes), who,

@@ -86,6 +86,21 @@ __device__ __forceinline__ void load8(E (&dst)[8], const E* src, int valid, bool
   }
 }
 
+// 8 consecutive elements to global memory: the first `valid`; with `vector` (16-byte aligned, valid == 8) in
+// 16-byte stores.
+template <class E>
+__device__ __forceinline__ void store8(E* dst, const E (&x)[8], int valid, bool vector) {
+  if (vector && valid == 8) {
+#pragma unroll
+    for (int i = 0; i < static_cast<int>(8 * sizeof(E) / 16); ++i)
+      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(x)[i];
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (j < valid) dst[j] = x[j];
+  }
+}
+
 // 8 floats as 8 bf16 in one 16-byte store (dst 16-byte aligned).
 __device__ __forceinline__ void store8_bf16(bf16* dst, const float (&x)[8]) {
   alignas(16) bf16 packed[8];
