@@ -228,7 +228,7 @@ GDR2_BENCHMARK("cuda/decode", "CUDA decode step (T = 1, state updated in place) 
 }
 
 #ifdef GDR2_CUDA_HAVE_BACKWARD
-GDR2_BENCHMARK("cuda/chunk_forward_backward", "CUDA chunk forward + backward (fast and accurate modes), bf16, h0/ht, dht") {
+GDR2_BENCHMARK("cuda/chunk_forward_backward", "CUDA chunk forward + backward (fast with and without a SavedForward, accurate), bf16, h0/ht, dht") {
   if (!gdr2::cuda::device_available()) return;
   for (Shape s : chunk_shapes(ctx)) {
     DeviceProblem d(s.B, s.T, 16, 128, true);

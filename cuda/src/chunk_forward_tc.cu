@@ -11,10 +11,12 @@
 //        tensor cores; Qgamma, Ktail (Eq. 24-25) and gamma_C elementwise. exp(-G) alone and exp of a
 //        positive argument are never formed, so any decay (g = -50 per token) underflows, never overflows.
 //        The scale is folded into Aqk and Qgamma.
-//   2. tc_state_kernel, one block per (V tile, value head, sequence), chunks in order, S in shared memory
-//        (fp32 master + bf16 operand copy): R = U - Y S_0 (Eq. 23), O = Qgamma S_0 + Aqk R (Eq. 24),
-//        S_C = Diag(gamma_C) S_0 + Ktail^T R (Eq. 25), the next chunk's workspace tiles loaded with cp.async
-//        while the current one computes.
+//   2. tc_state_kernel, one block per (V tile, value head, sequence), chunks in order, the fp32 master of S
+//        in registers (accumulator fragments) and a bf16 operand copy in shared memory: R = U - Y S_0 (Eq. 23),
+//        O = Qgamma S_0 + Aqk R (Eq. 24), S_C = Diag(gamma_C) S_0 + Ktail^T R (Eq. 25), each input tile loaded
+//        with cp.async two stages before it is needed.
+// With a SavedForward (saved_forward.cuh) the workspace, with A, is its buffer, and the state kernel also stores
+// the chunk-start states and R for the backward.
 // Workspace (bf16 unless noted), K and V padded to KP, VP = multiples of 16: Aqk [BT, H, 64],
 // Y, Qgamma, Ktail [BT, H, KP], U [BT, HV, VP], gamma_C fp32 [chunks, H, KP]; at B=4, T=4096, H=HV=16,
 // K=V=128 that is ~0.3 GB (the fp32 path: ~0.74 GB).

@@ -90,7 +90,7 @@ struct SavedForwardAccess;
 // (Mode::fast, bf16/f16 inputs, 16 <= K <= 128, V <= 128, an sm_90-class device) the backward's first two phases
 // recompute the forward's state-free intermediates and its chunk-start states; a forward given a SavedForward
 // stores them (it computes them anyway), and a backward given the same object starts after them. Memory: the
-// bf16 intermediates (Aqk, A, Y, Qgamma, Ktail, U), the chunk-start states and R, about 0.6 GB at B=4, T=4096,
+// bf16 intermediates (Aqk, A, Y, Qgamma, Ktail, U), the chunk-start states and R, 514 MiB at B=4, T=4096,
 // H=16, K=V=128 (device_bytes()); the time saved is the prepare kernel and the state pass (cuda/README.md).
 // Elsewhere (Mode::accurate, fp32 inputs, larger heads, sm_80) the forward leaves it unfilled and the backward
 // recomputes as without it. Results are the same bit for bit either way.
