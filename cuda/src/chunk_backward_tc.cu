@@ -675,7 +675,7 @@ template <int VT>
 struct DStateLayout {  // byte offsets in dynamic shared memory
   static constexpr int SF = VT + 4;  // fp32 row stride
   static constexpr int SB = VT + 8;  // bf16 row stride
-  static constexpr int ds32 = 0;                                     // dS fp32 [128][SF]
+  static constexpr int ds32 = 0;                                     // dS fp32 [128][SF]: dht in, dh0 out (dS lives in registers)
   static constexpr int dsb = ds32 + round_up(kKMax * SF * 4, 128);   // dS bf16 [128][SB]
   static constexpr int kt = dsb + round_up(kKMax * SB * 2, 128);     // Ktail [64][136]
   static constexpr int qg = kt + kRow;                               // scale Qgamma [64][136]

@@ -402,7 +402,7 @@ template <int VT>
 struct StateLayout {  // byte offsets in dynamic shared memory (every buffer 128-byte aligned)
   static constexpr int SF = VT + 4;  // fp32 row stride
   static constexpr int SB = VT + 8;  // bf16 row stride
-  static constexpr int s32 = 0;                                  // S fp32 [128][SF]
+  static constexpr int s32 = 0;                                  // S fp32 [128][SF]: h0 in, ht out (S lives in registers)
   static constexpr int sb = s32 + round_up(kKMax * SF * 4, 128); // S bf16 [128][SB]
   static constexpr int y = sb + round_up(kKMax * SB * 2, 128);   // Y bf16 [64][136]
   static constexpr int qg = y + round_up(kC * kEB * 2, 128);     // Qgamma bf16 [64][136]
@@ -410,7 +410,7 @@ struct StateLayout {  // byte offsets in dynamic shared memory (every buffer 128
   static constexpr int aq = kt + round_up(kC * kEB * 2, 128);    // Aqk bf16 [64][72]
   static constexpr int u = aq + round_up(kC * kAB * 2, 128);     // U bf16 [64][SB]
   static constexpr int gam = u + round_up(kC * SB * 2, 128);     // gamma_C fp32 [128]
-  static constexpr int r32 = gam + kKMax * 4;                    // R (then O) fp32 [64][SF]
+  static constexpr int r32 = gam + kKMax * 4;                    // O fp32 [64][SF] (staging of the output tiles)
   static constexpr int rb = r32 + round_up(kC * SF * 4, 128);    // R bf16 [64][SB]
   static constexpr int bytes = rb + round_up(kC * SB * 2, 128);  // VT = 32: 110080 (two blocks per SM)
 };
