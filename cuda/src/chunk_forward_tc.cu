@@ -410,8 +410,8 @@ struct StateLayout {  // byte offsets in dynamic shared memory (every buffer 128
   static constexpr int aq = kt + round_up(kC * kEB * 2, 128);    // Aqk bf16 [64][72]
   static constexpr int u = aq + round_up(kC * kAB * 2, 128);     // U bf16 [64][SB]
   static constexpr int gam = u + round_up(kC * SB * 2, 128);     // gamma_C fp32 [128]
-  static constexpr int r32 = gam + kKMax * 4;                    // O fp32 [64][SF] (staging of the output tiles)
-  static constexpr int rb = r32 + round_up(kC * SF * 4, 128);    // R bf16 [64][SB]
+  static constexpr int o32 = gam + kKMax * 4;                    // O fp32 [64][SF] (staging of the output tiles)
+  static constexpr int rb = o32 + round_up(kC * SF * 4, 128);    // R bf16 [64][SB]
   static constexpr int bytes = rb + round_up(kC * SB * 2, 128);  // VT = 32: 110080 (two blocks per SM)
 };
 
@@ -445,7 +445,7 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
   bf16* Aq = reinterpret_cast<bf16*>(smem + L::aq);
   bf16* Ub = reinterpret_cast<bf16*>(smem + L::u);
   float* gam = reinterpret_cast<float*>(smem + L::gam);
-  float* R32 = reinterpret_cast<float*>(smem + L::r32);
+  float* O32 = reinterpret_cast<float*>(smem + L::o32);
   bf16* Rb = reinterpret_cast<bf16*>(smem + L::rb);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -551,7 +551,7 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
       }
     }
 
-    // ---- O: Eq. 24, O = Qgamma S_0 + Aqk R (scale folded into both), staged in R32.
+    // ---- O: Eq. 24, O = Qgamma S_0 + Aqk R (scale folded into both), staged in O32.
     open_stage();  // group 2 has landed; R is complete; Y and U are dead
     issue_group_1(ci + 1);
     if constexpr (StoreStates) {  // R (bf16, as the products used it) to r_out [BT, HV, VP] for phase D
@@ -580,7 +580,7 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
         wmma::load_matrix_sync(r, Rb + 16 * kb * SB + 16 * cb, SB);
         wmma::mma_sync(acc, a, r, acc);
       }
-      float* tile = R32 + 16 * rb * SF + 16 * cb;
+      float* tile = O32 + 16 * rb * SF + 16 * cb;
       wmma::store_matrix_sync(tile, acc, SF, wmma::mem_row_major);
       __syncwarp();
       // Lane -> row i = lane / 2, 8 columns: one 16-byte store when the 8 lie inside V and V % 8 == 0.
