@@ -494,6 +494,30 @@ TEST(CudaApi, RejectsBadSequenceOffsets) {
   EXPECT_THAT(error_of([&] { gdr2::cuda::recurrent_forward(p, x); }), HasSubstr("cu_seqlens must be a device pointer"));
 }
 
+TEST(CudaApi, WorkspacePoolKeepsMemoryUntilTrimmed) {
+  // Without a device (or before any chunk call) the pool does not exist: 0 bytes, and trimming is a no-op.
+  if (!gdr2::cuda::device_available()) {
+    EXPECT_EQ(gdr2::cuda::workspace_pool_bytes(), 0u);
+    EXPECT_NO_THROW(gdr2::cuda::trim_workspace_pool());
+    GTEST_SKIP() << "skipped: no CUDA device (the pool's behaviour on a device is not checked)";
+  }
+  const auto batch = gdr2_test::random_batch(91, 2, 200, 2, 2, 64, 64, Gates::typical, true);
+  DeviceBatch d = to_device(batch, DType::bf16);
+  auto forward = [&] {
+    gdr2::cuda::chunk_forward(d.problem, d.forward_tensors(), gdr2::cuda::Mode::fast);
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  };
+  forward();
+  const std::size_t held = gdr2::cuda::workspace_pool_bytes();
+  EXPECT_GT(held, 0u) << "the freed workspace should stay in the pool after a synchronisation";
+  forward();
+  EXPECT_EQ(gdr2::cuda::workspace_pool_bytes(), held) << "a second identical call should reuse the pool's memory";
+  gdr2::cuda::trim_workspace_pool();
+  EXPECT_EQ(gdr2::cuda::workspace_pool_bytes(), 0u) << "trim_workspace_pool should give the unused memory back";
+  forward();  // and the pool is usable again after a trim
+  EXPECT_GT(gdr2::cuda::workspace_pool_bytes(), 0u);
+}
+
 TEST(CudaForward, RecurrentEveryWarpCount) {
   GDR2_REQUIRE_DEVICE();
   // The recurrent kernel runs with 8 warps per block (16 state rows per thread at K = 128) unless

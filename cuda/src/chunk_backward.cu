@@ -56,23 +56,14 @@ std::size_t scratch_stride(int K, int V) {  // per-worker scratch, rounded to 64
   return (bwd::scratch_floats(K, V) + 63) / 64 * 64;
 }
 
-// Stream-ordered fp32 workspace (cudaMallocAsync / cudaFreeAsync).
+// Stream-ordered fp32 workspace (from the workspace pool, common.cuh).
 class Workspace {
  public:
-  Workspace(std::size_t floats, cudaStream_t stream, const char* who) : stream_(stream) {
-    if (floats) check(cudaMallocAsync(reinterpret_cast<void**>(&ptr_), floats * sizeof(float), stream), who,
-                      "cudaMallocAsync(backward workspace)");
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  ~Workspace() {
-    if (ptr_) cudaFreeAsync(ptr_, stream_);
-  }
-  float* get() const { return ptr_; }
+  Workspace(std::size_t floats, cudaStream_t stream, const char* who) : buffer_(floats * sizeof(float), stream, who) {}
+  float* get() const { return buffer_.as<float>(); }
 
  private:
-  float* ptr_ = nullptr;
-  cudaStream_t stream_;
+  StreamBuffer buffer_;
 };
 
 // One kernel per phase (chunk_backward_program.cuh); each worker block loops over its items.

@@ -6,8 +6,9 @@
 //   1. tc_prepare_kernel, one block per (chunk, key head), every chunk in parallel, d tiles of 32 channels:
 //        G = cumsum(g) (fp32), the scores Aqk (Eq. 24) and T (Eq. 19): off-diagonal 16 x 16 blocks on
 //        tensor cores from rows prescaled by the two factors exp(G_r - G_i0) and exp(G_i0 - G_s), both <= 1
-//        (i0 = first row of r's 16-row block, s < i0 <= r), diagonal blocks in FFMA with the exact decay
-//        exp(G_r - G_s), s <= r; A = (I + T)^{-1} by forward substitution (fp32); Y = A Ebar and U = A Z on
+//        (i0 = first row of r's 16-row block, s < i0 <= r); inside each diagonal block the same again one level
+//        down (pivot i0 + 8: the 8 x 8 block of rows i0 + 8.., columns i0..i0 + 7 on tensor cores), and the
+//        eight 8 x 8 diagonal blocks in FFMA with the exact decay exp(G_r - G_s), s <= r; A = (I + T)^{-1} by forward substitution (fp32); Y = A Ebar and U = A Z on
 //        tensor cores; Qgamma, Ktail (Eq. 24-25) and gamma_C elementwise. exp(-G) alone and exp of a
 //        positive argument are never formed, so any decay (g = -50 per token) underflows, never overflows.
 //        The scale is folded into Aqk and Qgamma.
@@ -42,20 +43,24 @@ constexpr int kZB = kZT + 8;
 
 // ---- shared-memory layout of the prepare kernel (bytes) ----------------------------------------------
 // d-tile phase: G, q, k, e (fp32 64 x 33 each) and the prescaled bf16 operands Qs, Es (rows 16..63) and
-// Ks_I (rows s < 16 I, I = 1, 2, 3, stacked at row offsets 0, 16, 48). After the d loop the same region
+// Ks_I (rows s < 16 I, I = 1, 2, 3, stacked at row offsets 0, 16, 48); for the 8 x 8 blocks inside the
+// diagonal blocks Qh, Eh (rows 16 I + 8.. 16 I + 15 at row 8 I) and Kh (rows 16 I .. 16 I + 7 at row 8 I). After the d loop the same region
 // holds Aqk then A (fp32), T then A in bf16, the Z tile and the per-warp staging tiles.
 constexpr int kTileF32 = kC * kDS * 4;                        // 8448
 constexpr int kOffQs = 4 * kTileF32;                          // 33792
 constexpr int kOffEs = kOffQs + 48 * kDB * 2;                 // +3840
 constexpr int kOffKs = kOffEs + 48 * kDB * 2;                 // +3840
-constexpr int kRegion1 = kOffKs + 96 * kDB * 2;               // 49152
+constexpr int kOffQh = kOffKs + 96 * kDB * 2;                 // 49152
+constexpr int kOffEh = kOffQh + 32 * kDB * 2;                 // +2560
+constexpr int kOffKh = kOffEh + 32 * kDB * 2;                 // +2560
+constexpr int kRegion1 = kOffKh + 32 * kDB * 2;               // 56832
 constexpr int kOffAqk = 0;                                    // fp32 [64][68], later A fp32, later Z bf16
 constexpr int kOffT = kC * kSS * 4;                           // fp32 [64][68], later A bf16 [64][72]
 constexpr int kOffStage = 2 * kC * kSS * 4;                   // 8 x fp32 [16][20]
 static_assert(kOffStage + kWarps * 16 * kStage * 4 <= kRegion1, "post-loop buffers must fit the d-tile region");
 static_assert(kC * kZB * 2 <= kOffT, "the Z tile must fit where Aqk / A was");
 constexpr int kOffEbar = kRegion1;                            // bf16 [64][136], persistent
-constexpr std::size_t kPrepareShared = kOffEbar + kC * kEB * 2;  // 66560
+constexpr std::size_t kPrepareShared = kOffEbar + kC * kEB * 2;  // 74240 (three blocks per SM)
 
 __device__ __forceinline__ int ks_row_offset(int I) { return 8 * I * (I - 1); }  // I = 1, 2, 3 -> 0, 16, 48
 
@@ -90,6 +95,9 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   bf16* Qs = reinterpret_cast<bf16*>(smem + kOffQs);  // row r - 16: q_r exp(G_r - G_i0(r))
   bf16* Es = reinterpret_cast<bf16*>(smem + kOffEs);  // row r - 16: e_r exp(G_r - G_i0(r))
   bf16* Ks = reinterpret_cast<bf16*>(smem + kOffKs);  // row ks_row_offset(I) + s: k_s exp(G_16I - G_s)
+  bf16* Qh = reinterpret_cast<bf16*>(smem + kOffQh);  // row 8 I + i: q_r exp(G_r - G_m), r = 16 I + 8 + i, m = 16 I + 8
+  bf16* Eh = reinterpret_cast<bf16*>(smem + kOffEh);  // row 8 I + i: e_r exp(G_r - G_m)
+  bf16* Kh = reinterpret_cast<bf16*>(smem + kOffKh);  // row 8 I + i: k_s exp(G_m - G_s), s = 16 I + i
   float* sAqk = reinterpret_cast<float*>(smem + kOffAqk);
   float* sA = sAqk;  // A = (I + T)^{-1}, fp32, once Aqk is stored
   float* sT = reinterpret_cast<float*>(smem + kOffT);
@@ -109,24 +117,28 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
 
   // Off-diagonal 16 x 16 score blocks (I, J), J < I: warp w < 6 owns pair w (both Aqk and T).
   // Pairs in order (1,0), (2,0), (2,1), (3,0), (3,1), (3,2): I = 1 + [w >= 1] + [w >= 3], J = w - I (I - 1) / 2.
+  // Warps 6 and 7 own the 8 x 8 blocks inside diagonal blocks 2 P, 2 P + 1 (P = w - 6), computed as one 16 x 16
+  // product of Qh / Eh rows 16 P.. with Kh rows 16 P.. whose two diagonal 8 x 8 quadrants are the ones wanted.
   const int pair_I = 1 + (warp >= 1) + (warp >= 3), pair_J = warp - pair_I * (pair_I - 1) / 2;
   FragC acc_aqk, acc_t;
   wmma::fill_fragment(acc_aqk, 0.0f);
   wmma::fill_fragment(acc_t, 0.0f);
-  // Diagonal blocks in FFMA, only the 4 x 136 pairs s <= r: thread -> pairs p = tid + 256 m (m = 0, 1, 2),
-  // p = 136 I + i (i + 1) / 2 + j: rows r = 16 I + i, columns s = 16 I + j, j <= i.
-  constexpr int kPairsPerBlock = 16 * 17 / 2, kDiagPairs = 4 * kPairsPerBlock;
-  int diag_r[3], diag_s[3];
-  float diag_aqk[3] = {0, 0, 0}, diag_t[3] = {0, 0, 0};
-#pragma unroll
-  for (int m = 0; m < 3; ++m) {
-    const int p = min(tid + kThreads * m, kDiagPairs - 1), I = p / kPairsPerBlock, pq = p % kPairsPerBlock;
+  // The eight 8 x 8 diagonal blocks in FFMA, only the 8 x 36 = 288 pairs s <= r, p = 36 B + i (i + 1) / 2 + j:
+  // rows r = 8 B + i, columns s = 8 B + j, j <= i. Thread t computes pair t on all 32 channels of a d tile, and
+  // 4 channels (4 (t % 8) ..) of pair 256 + t / 8; the 8 lanes sharing that pair sum their parts at the end.
+  constexpr int kPairsPerBlock = 8 * 9 / 2;
+  auto pair_rows = [](int p, int& r, int& s) {
+    const int B = p / kPairsPerBlock, pq = p % kPairsPerBlock;
     int i = 0;
     while ((i + 1) * (i + 2) / 2 <= pq) ++i;
-    diag_r[m] = 16 * I + i;
-    diag_s[m] = 16 * I + pq - i * (i + 1) / 2;
-  }
-  const int diag_count = tid + 2 * kThreads < kDiagPairs ? 3 : 2;
+    r = 8 * B + i;
+    s = 8 * B + pq - i * (i + 1) / 2;
+  };
+  int diag_r[2], diag_s[2];
+  pair_rows(tid, diag_r[0], diag_s[0]);
+  pair_rows(kThreads + tid / 8, diag_r[1], diag_s[1]);
+  const int extra_c = 4 * (tid % 8);
+  float diag_aqk[2] = {0, 0}, diag_t[2] = {0, 0};
 
   // The d tiles' inputs, one tile ahead (rows >= len and channels >= K are zeros; g = 0 there keeps G constant).
   const int piece_r = tid >> 2, piece_c = 8 * (tid & 3);
@@ -217,42 +229,77 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
         for (int j = 0; j < 8; ++j) out[j] = er[j] * G[j];
         store8_bf16(Es + (r - 16) * kDB + c, out);
       }
+      {  // inside the diagonal block, pivot m = first row of its second half: factors exp2(G_r - G_m), r >= m,
+         // for rows in the second half, exp2(G_m - G_s), s < m, for rows in the first
+        const float* Gm = tG + ((r & ~15) + 8) * kDS + c;
+        const float* Gown = tG + r * kDS + c;
+        const int half_row = 8 * (r >> 4) + (r & 7);
+        if (r & 8) {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            G[j] = fast_exp2(Gown[j] - Gm[j]);
+            out[j] = qr[j] * G[j];
+          }
+          store8_bf16(Qh + half_row * kDB + c, out);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) out[j] = er[j] * G[j];
+          store8_bf16(Eh + half_row * kDB + c, out);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) out[j] = kr[j] * fast_exp2(Gm[j] - Gown[j]);
+          store8_bf16(Kh + half_row * kDB + c, out);
+        }
+      }
     }
     __syncthreads();
     if (d0 + kDT < KP) fetch_tile(d0 + kDT);  // lands while the scores below compute
     // Off-diagonal blocks: (Aqk)_IJ += Qs_I Ks_{I,J}^T and T_IJ += Es_I Ks_{I,J}^T (exp(G_r - G_s) factorised).
-    if (warp < 6) {
-      const int I = pair_I, J = pair_J;
+    {  // warps 0-5: the off-diagonal 16 x 16 blocks; warps 6, 7: the 8 x 8 blocks inside the diagonal blocks
+      const bf16* a_q_rows = warp < 6 ? Qs + 16 * (pair_I - 1) * kDB : Qh + 16 * (warp - 6) * kDB;
+      const bf16* a_e_rows = warp < 6 ? Es + 16 * (pair_I - 1) * kDB : Eh + 16 * (warp - 6) * kDB;
+      const bf16* b_k_rows = warp < 6 ? Ks + (ks_row_offset(pair_I) + 16 * pair_J) * kDB : Kh + 16 * (warp - 6) * kDB;
 #pragma unroll
       for (int ks = 0; ks < kDT; ks += 16) {
         FragA a_q, a_e;
         FragBT b_k;
-        wmma::load_matrix_sync(a_q, Qs + 16 * (I - 1) * kDB + ks, kDB);
-        wmma::load_matrix_sync(a_e, Es + 16 * (I - 1) * kDB + ks, kDB);
-        wmma::load_matrix_sync(b_k, Ks + (ks_row_offset(I) + 16 * J) * kDB + ks, kDB);
+        wmma::load_matrix_sync(a_q, a_q_rows + ks, kDB);
+        wmma::load_matrix_sync(a_e, a_e_rows + ks, kDB);
+        wmma::load_matrix_sync(b_k, b_k_rows + ks, kDB);
         wmma::mma_sync(acc_aqk, a_q, b_k, acc_aqk);
         wmma::mma_sync(acc_t, a_e, b_k, acc_t);
       }
     }
-    // Diagonal blocks: exact decay exp(G_r - G_s), s <= r.
-#pragma unroll
-    for (int m = 0; m < 3; ++m) {
-      if (m < diag_count) {
-        const float* Gr = tG + diag_r[m] * kDS;
-        const float* Gs = tG + diag_s[m] * kDS;
-        const float* qr = tq + diag_r[m] * kDS;
-        const float* er = te + diag_r[m] * kDS;
-        const float* ks = tk + diag_s[m] * kDS;
-        float a = diag_aqk[m], t = diag_t[m];
+    // The 8 x 8 diagonal blocks: exact decay exp(G_r - G_s), s <= r.
+    {
+      const float* Gr = tG + diag_r[0] * kDS;
+      const float* Gs = tG + diag_s[0] * kDS;
+      const float* qr = tq + diag_r[0] * kDS;
+      const float* er = te + diag_r[0] * kDS;
+      const float* ks = tk + diag_s[0] * kDS;
+      float a = diag_aqk[0], t = diag_t[0];
 #pragma unroll 8
-        for (int dd = 0; dd < kDT; ++dd) {
-          const float decayed_key = ks[dd] * fast_exp2(Gr[dd] - Gs[dd]);
-          a = fmaf(qr[dd], decayed_key, a);
-          t = fmaf(er[dd], decayed_key, t);
-        }
-        diag_aqk[m] = a;
-        diag_t[m] = t;
+      for (int dd = 0; dd < kDT; ++dd) {
+        const float decayed_key = ks[dd] * fast_exp2(Gr[dd] - Gs[dd]);
+        a = fmaf(qr[dd], decayed_key, a);
+        t = fmaf(er[dd], decayed_key, t);
       }
+      diag_aqk[0] = a;
+      diag_t[0] = t;
+      Gr = tG + diag_r[1] * kDS + extra_c;
+      Gs = tG + diag_s[1] * kDS + extra_c;
+      qr = tq + diag_r[1] * kDS + extra_c;
+      er = te + diag_r[1] * kDS + extra_c;
+      ks = tk + diag_s[1] * kDS + extra_c;
+      a = diag_aqk[1];
+      t = diag_t[1];
+#pragma unroll
+      for (int dd = 0; dd < 4; ++dd) {
+        const float decayed_key = ks[dd] * fast_exp2(Gr[dd] - Gs[dd]);
+        a = fmaf(qr[dd], decayed_key, a);
+        t = fmaf(er[dd], decayed_key, t);
+      }
+      diag_aqk[1] = a;
+      diag_t[1] = t;
     }
     __syncthreads();
   }
@@ -263,17 +310,36 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
     const int I = pair_I, J = pair_J;
     wmma::store_matrix_sync(sAqk + 16 * I * kSS + 16 * J, acc_aqk, kSS, wmma::mem_row_major);
     wmma::store_matrix_sync(sT + 16 * I * kSS + 16 * J, acc_t, kSS, wmma::mem_row_major);
+  } else {  // the two wanted quadrants: block I = 2 P + q, rows 16 I + 8 + i, columns 16 I + j (i, j < 8)
+    float* my_stage = stage + warp * 16 * kStage;
+    const int P = warp - 6, q = lane >> 4, i = (lane >> 1) & 7, j0 = 4 * (lane & 1);
+    const int at = (32 * P + 16 * q + 8 + i) * kSS + 32 * P + 16 * q + j0, from = (8 * q + i) * kStage + 8 * q + j0;
+    wmma::store_matrix_sync(my_stage, acc_aqk, kStage, wmma::mem_row_major);
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) sAqk[at + j] = my_stage[from + j];
+    __syncwarp();
+    wmma::store_matrix_sync(my_stage, acc_t, kStage, wmma::mem_row_major);
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) sT[at + j] = my_stage[from + j];
+  }
+  // The extra pair's 4-channel parts: the 8 lanes that share it sum them.
+#pragma unroll
+  for (int delta = 1; delta < 8; delta *= 2) {
+    diag_aqk[1] += __shfl_xor_sync(0xffffffffu, diag_aqk[1], delta);
+    diag_t[1] += __shfl_xor_sync(0xffffffffu, diag_t[1], delta);
   }
   for (int i = tid; i < kC * kC; i += kThreads) {  // blocks above the diagonal, and s > r inside it
     const int r = i / kC, c = i % kC;
     if (c / 16 > r / 16 || (c / 16 == r / 16 && c > r)) sAqk[r * kSS + c] = sT[r * kSS + c] = 0.0f;
   }
-#pragma unroll
-  for (int m = 0; m < 3; ++m)
-    if (m < diag_count) {
-      sAqk[diag_r[m] * kSS + diag_s[m]] = diag_aqk[m];
-      sT[diag_r[m] * kSS + diag_s[m]] = diag_t[m];
-    }
+  sAqk[diag_r[0] * kSS + diag_s[0]] = diag_aqk[0];
+  sT[diag_r[0] * kSS + diag_s[0]] = diag_t[0];
+  if (tid % 8 == 0) {
+    sAqk[diag_r[1] * kSS + diag_s[1]] = diag_aqk[1];
+    sT[diag_r[1] * kSS + diag_s[1]] = diag_t[1];
+  }
   __syncthreads();
   // Aqk (times scale, s <= r) to the workspace; T keeps s < r on rows < len (Eq. 19).
   for (int i = tid; i < kC * kC; i += kThreads) {

@@ -88,12 +88,19 @@ __device__ __forceinline__ SeqRange sequence_range(const std::int32_t* cu_seqlen
   return {static_cast<std::int64_t>(n) * T, static_cast<std::int64_t>(n + 1) * T};
 }
 
-// Owns a stream-ordered device allocation (cudaMallocAsync, freed with cudaFreeAsync on the same stream,
-// also when an exception unwinds).
+// The current device's workspace pool (created on first use; release threshold: keep everything, so that a
+// call's workspace is reused by the next instead of being unmapped at each synchronisation).
+cudaMemPool_t workspace_pool(const char* who);
+
+// Owns a stream-ordered device allocation from the workspace pool (freed with cudaFreeAsync on the same
+// stream, also when an exception unwinds).
+
 class StreamBuffer {
  public:
   StreamBuffer(std::size_t bytes, cudaStream_t stream, const char* who) : stream_(stream) {
-    if (bytes) check(cudaMallocAsync(&ptr_, bytes, stream), who, "cudaMallocAsync(workspace)");
+    if (bytes)
+      check(cudaMallocFromPoolAsync(&ptr_, bytes, workspace_pool(who), stream), who,
+            "cudaMallocFromPoolAsync(workspace)");
   }
   ~StreamBuffer() { if (ptr_) cudaFreeAsync(ptr_, stream_); }
   StreamBuffer(const StreamBuffer&) = delete;

@@ -1,5 +1,8 @@
 // Host side shared by all kernels: device discovery and the argument checks of the public API.
 #include <cmath>
+#include <cstdint>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "common.cuh"
@@ -18,6 +21,36 @@ std::string device_name() {
 }
 
 namespace detail {
+namespace {
+std::mutex pool_mutex;
+std::map<int, cudaMemPool_t> pools;  // device -> its workspace pool (kept for the life of the process)
+
+// The current device's pool, or nullptr when none was created (no_create) or there is no device.
+cudaMemPool_t find_or_create_pool(const char* who, bool create) {
+  int device = 0;
+  if (create) check(cudaGetDevice(&device), who, "cudaGetDevice");
+  else if (cudaGetDevice(&device) != cudaSuccess) return nullptr;
+  const std::lock_guard<std::mutex> lock(pool_mutex);
+  if (const auto found = pools.find(device); found != pools.end()) return found->second;
+  if (!create) return nullptr;
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device;
+  cudaMemPool_t pool = nullptr;
+  check(cudaMemPoolCreate(&pool, &props), who, "cudaMemPoolCreate(workspace pool)");
+  std::uint64_t keep_all = UINT64_MAX;
+  const cudaError_t status = cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all);
+  if (status != cudaSuccess) {
+    cudaMemPoolDestroy(pool);
+    check(status, who, "cudaMemPoolSetAttribute(workspace pool, release threshold)");
+  }
+  pools.emplace(device, pool);
+  return pool;
+}
+}  // namespace
+
+cudaMemPool_t workspace_pool(const char* who) { return find_or_create_pool(who, true); }
 
 void require_pointer(const void* ptr, const char* who, const char* name) {
   if (ptr == nullptr) fail(who, ": tensor '", name, "' is a null pointer (required)");
@@ -102,4 +135,20 @@ Validated validate_problem(const Problem& p, const char* who) {
 }
 
 }  // namespace detail
+
+std::size_t workspace_pool_bytes() {
+  cudaMemPool_t pool = detail::find_or_create_pool("gdr2::cuda::workspace_pool_bytes", false);
+  if (pool == nullptr) return 0;
+  std::uint64_t bytes = 0;
+  detail::check(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &bytes),
+                "gdr2::cuda::workspace_pool_bytes", "cudaMemPoolGetAttribute(reserved memory)");
+  return static_cast<std::size_t>(bytes);
+}
+
+void trim_workspace_pool() {
+  cudaMemPool_t pool = detail::find_or_create_pool("gdr2::cuda::trim_workspace_pool", false);
+  if (pool != nullptr)
+    detail::check(cudaMemPoolTrimTo(pool, 0), "gdr2::cuda::trim_workspace_pool", "cudaMemPoolTrimTo(0)");
+}
+
 }  // namespace gdr2::cuda

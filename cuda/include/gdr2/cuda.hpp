@@ -72,6 +72,15 @@ struct BackwardTensors {
 bool device_available();
 std::string device_name();
 
+// Workspace memory. The chunk kernels' temporary buffers (about 0.3 GB for the fast forward at B=4, T=4096,
+// H=16, K=V=128) are stream-ordered allocations from a memory pool that gdr2 owns, one per device. The pool keeps
+// freed memory for the next call (as a framework's caching allocator does) instead of handing it back to the
+// driver at every synchronisation, which would map the memory again on every call (cuda/README.md, "Workspace").
+// workspace_pool_bytes(): device memory the current device's pool holds now (0 before its first use);
+// trim_workspace_pool(): gives the unused part back (call it after synchronising the streams that used it).
+std::size_t workspace_pool_bytes();
+void trim_workspace_pool();
+
 // Token-by-token forward (decode: T = 1, h0 == ht updates the state in place). Any K, V <= 256. Decode
 // steps over many states run a kernel that streams the states through shared memory; the result is bit for
 // bit the same as the token-by-token kernel's (cuda/README.md).
