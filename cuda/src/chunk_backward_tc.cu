@@ -34,6 +34,7 @@
 #include <type_traits>
 
 #include "chunk_backward_tc.cuh"
+#include "mma_sync.cuh"
 #include "saved_forward.cuh"
 #include "tensor_core_common.cuh"
 
@@ -691,8 +692,10 @@ struct DStateLayout {  // byte offsets in dynamic shared memory
 // One block per (value tile, value head, sequence): dS = dht, then per chunk from the last:
 //   store dS (the gradient of this chunk's end state), dR = Aqk^T dO + Ktail dS,
 //   dS <- Diag(gamma_C) dS + Qgamma^T dO - Y^T dR (spec section 6; scale is inside Aqk and Qgamma),
-// and dh0 = dS at the end. dS stays in shared memory as an fp32 master and a bf16 operand copy.
-template <class T, int VT>
+// and dh0 = dS at the end. The fp32 master of dS lives in registers, with a bf16 operand copy in shared memory.
+// Products: mma.sync with ldmatrix operands (mma_sync.cuh). NK: KP / 16 when known at compile time (8: K in
+// 113..128), else 0 (read from KP).
+template <class T, int VT, int NK>
 __global__ void __launch_bounds__(kThreads, 2)
 tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, float* __restrict__ dh0,
                  const std::int32_t* __restrict__ cu_seqlens, int T_, int H, int HV, int K, int V, int KP,
@@ -711,13 +714,12 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
   float* gam = reinterpret_cast<float*>(smem + L::gam);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int c0 = blockIdx.x * VT, hv = blockIdx.y, n = blockIdx.z, h = hv / (HV / H), nk = KP / 16;
+  const int c0 = blockIdx.x * VT, hv = blockIdx.y, n = blockIdx.z, h = hv / (HV / H), nk = NK > 0 ? NK : KP / 16;
   float* stage = reinterpret_cast<float*>(smem + L::stage) + warp * 16 * kStage;
   const SeqRange seq = sequence_range(cu_seqlens, n, T_);
   __shared__ std::int64_t slot_base_shared;  // the first chunk slot of sequence n
   if (tid == 0) slot_base_shared = first_slot(cu_seqlens, n, T_);
   const std::size_t state_base = (static_cast<std::size_t>(n) * HV + hv) * K * V;
-  FragmentMap map = discover_fragment_map(stage, lane);  // this warp's staging tile
   for (int i = tid; i < kKMax * VT; i += kThreads) {  // dS = dht (zeros without it; padding zero)
     const int d = i / VT, c = i % VT;
     const float x = dht != nullptr && d < K && c0 + c < V ? dht[state_base + static_cast<std::size_t>(d) * V + c0 + c] : 0.0f;
@@ -726,14 +728,22 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
   }
   __syncthreads();
   // The fp32 master of dS lives in registers: warp w owns the 16 x 16 tiles t = w + 8 j (j < nv) of the nk x nv
-  // tiles, as accumulator fragments that the update accumulates into.
+  // tiles, as accumulators (mma_sync.cuh) that the update accumulates into.
   const int tiles = nk * nv;
-  FragC grad[nv];
+  Acc16 grad[nv];
 #pragma unroll
   for (int j = 0; j < nv; ++j) {
     const int t = warp + kWarps * j;
-    if (t < tiles) wmma::load_matrix_sync(grad[j], dS32 + 16 * (t / nv) * SF + 16 * (t % nv), SF, wmma::mem_row_major);
+    if (t < tiles) {
+      const float* tile = dS32 + 16 * (t / nv) * SF + 16 * (t % nv);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) grad[j].c[hh][i] = tile[Acc16::row(lane, i) * SF + Acc16::col(lane, hh, i)];
+    }
   }
+  // Offset of an accumulator's element pair (two adjacent columns) in a tile of row stride ld.
+  auto pair_offset = [&](int ld, int hh, int i2) { return Acc16::row(lane, 2 * i2) * ld + Acc16::col(lane, hh, 0); };
   const std::int64_t slot_base = slot_base_shared;
   const int chunks = static_cast<int>((seq.eos - seq.bos + kC - 1) / kC);
   auto chunk_t0 = [&](int ci) { return seq.bos + static_cast<std::int64_t>(ci) * kC; };
@@ -805,20 +815,32 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
     // dR = Aqk^T dO + Ktail dS, kept negated for the update below.
     for (int t = warp; t < 4 * nv; t += kWarps) {
       const int rb = t / nv, cb = t % nv;
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
-      mma_lower_transposed(acc, Aq, kAB, dOb, SB, rb, 16 * cb);  // Aqk^T dO
-      for (int kb = 0; kb < nk; ++kb) {
-        FragA a;
-        FragB s;
-        wmma::load_matrix_sync(a, Kt + 16 * rb * kEB + 16 * kb, kEB);
-        wmma::load_matrix_sync(s, dSb + 16 * kb * SB + 16 * cb, SB);
-        wmma::mma_sync(acc, a, s, acc);
+      Acc16 acc;
+      acc.zero();
+      for (int kb = rb; kb < 4; ++kb) {  // Aqk^T dO: Aqk is lower triangular, so only k blocks kb >= rb
+        Frag16 a, x;
+        load_a_transposed(a, Aq + 16 * kb * kAB + 16 * rb, kAB, lane);  // (i, kk) = Aqk[16 kb + kk][16 rb + i]
+        load_b(x, dOb + 16 * kb * SB + 16 * cb, SB, lane);
+        mma(acc, a, x);
       }
-      wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+#pragma unroll
+      for (int kb = 0; kb < nk; ++kb) {
+        Frag16 a, s;
+        load_a(a, Kt + 16 * rb * kEB + 16 * kb, kEB, lane);
+        load_b(s, dSb + 16 * kb * SB + 16 * cb, SB, lane);
+        mma(acc, a, s);
+      }
+      const int base = 16 * rb * SB + 16 * cb;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int i2 = 0; i2 < 2; ++i2) {
+          *reinterpret_cast<__nv_bfloat162*>(dRn + base + pair_offset(SB, hh, i2)) =
+              __floats2bfloat162_rn(-acc.c[hh][2 * i2], -acc.c[hh][2 * i2 + 1]);
+          *reinterpret_cast<float2*>(stage + pair_offset(kStage, hh, i2)) =
+              make_float2(acc.c[hh][2 * i2], acc.c[hh][2 * i2 + 1]);
+        }
       __syncwarp();
-      for (int e = lane; e < 256; e += 32)
-        dRn[(16 * rb + (e >> 4)) * SB + 16 * cb + (e & 15)] = __float2bfloat16_rn(-stage[(e >> 4) * kStage + (e & 15)]);
       // dR (bf16, as the update uses it) to dr_out [BT, HV, VP] for phase D.
       store_tile_bf16(stage, min(16, len - 16 * rb), [&](int i) {
         return dr_out + ((t0 + 16 * rb + i) * HV + hv) * static_cast<std::int64_t>(VP) + c0 + 16 * cb;
@@ -829,36 +851,50 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
     __syncthreads();  // group 2 has landed; dR is complete; Ktail and Aqk are dead
     issue_group_1(ci - 1);
     if (ci > 0) load_dout(ci - 1);
-    map.launder();
     // dS <- Diag(gamma_C) dS + Qgamma^T dO - Y^T dR; each warp updates its own 16 x 16 tiles in place.
 #pragma unroll
     for (int j = 0; j < nv; ++j) {
       const int t = warp + kWarps * j, db = t / nv, cb = t % nv;
       if (t >= tiles) continue;
-      FragC& acc = grad[j];
+      Acc16& acc = grad[j];
+      const float gam_lo = gam[16 * db + Acc16::row(lane, 0)], gam_hi = gam[16 * db + Acc16::row(lane, 2)];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc.x[e] *= gam[16 * db + map.row(e)];
+      for (int hh = 0; hh < 2; ++hh) {
+        acc.c[hh][0] *= gam_lo;
+        acc.c[hh][1] *= gam_lo;
+        acc.c[hh][2] *= gam_hi;
+        acc.c[hh][3] *= gam_hi;
+      }
 #pragma unroll 1  // (fully unrolled, the preloaded fragments would not fit two blocks per SM)
       for (int kb = 0; kb < 4; ++kb) {
-        FragAT q, y;  // (d, r) = Qgamma[r][d], Y[r][d]
-        FragB o, dr;
-        wmma::load_matrix_sync(q, Qg + 16 * kb * kEB + 16 * db, kEB);
-        wmma::load_matrix_sync(y, Yb + 16 * kb * kEB + 16 * db, kEB);
-        wmma::load_matrix_sync(o, dOb + 16 * kb * SB + 16 * cb, SB);
-        wmma::load_matrix_sync(dr, dRn + 16 * kb * SB + 16 * cb, SB);
-        wmma::mma_sync(acc, q, o, acc);
-        wmma::mma_sync(acc, y, dr, acc);
+        Frag16 q, y, o, dr;  // q, y: (d, r) = Qgamma[r][d], Y[r][d]
+        load_a_transposed(q, Qg + 16 * kb * kEB + 16 * db, kEB, lane);
+        load_a_transposed(y, Yb + 16 * kb * kEB + 16 * db, kEB, lane);
+        load_b(o, dOb + 16 * kb * SB + 16 * cb, SB, lane);
+        load_b(dr, dRn + 16 * kb * SB + 16 * cb, SB, lane);
+        mma(acc, q, o);
+        mma(acc, y, dr);
       }
+      const int base = 16 * db * SB + 16 * cb;
 #pragma unroll
-      for (int e = 0; e < 8; ++e)  // the bf16 operand copy, straight from the fragment
-        dSb[(16 * db + map.row(e)) * SB + 16 * cb + map.col(e)] = __float2bfloat16_rn(acc.x[e]);
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int i2 = 0; i2 < 2; ++i2)  // the bf16 operand copy, straight from the accumulator
+          *reinterpret_cast<__nv_bfloat162*>(dSb + base + pair_offset(SB, hh, i2)) =
+              __floats2bfloat162_rn(acc.c[hh][2 * i2], acc.c[hh][2 * i2 + 1]);
     }
   }
   __pipeline_wait_prior(0);
 #pragma unroll
   for (int j = 0; j < nv; ++j) {
     const int t = warp + kWarps * j;
-    if (t < tiles) wmma::store_matrix_sync(dS32 + 16 * (t / nv) * SF + 16 * (t % nv), grad[j], SF, wmma::mem_row_major);
+    if (t < tiles) {
+      float* tile = dS32 + 16 * (t / nv) * SF + 16 * (t % nv);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) tile[Acc16::row(lane, i) * SF + Acc16::col(lane, hh, i)] = grad[j].c[hh][i];
+    }
   }
   __syncthreads();  // dS complete
   if (dh0 != nullptr) {
@@ -873,7 +909,7 @@ template <class T, int VT>
 void launch_tc_dstate(const Problem& p, const BackwardTensors& x, int N, const PrepareWorkspace& pw, bf16* dstates,
                       bf16* dr_out, cudaStream_t stream, const char* who) {
   constexpr int bytes = DStateLayout<VT>::bytes;
-  auto kernel = tc_dstate_kernel<T, VT>;
+  auto kernel = round_up(p.K, 16) == kKMax ? tc_dstate_kernel<T, VT, kKMax / 16> : tc_dstate_kernel<T, VT, 0>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), who,
         "cudaFuncSetAttribute(tc_dstate_kernel, max dynamic shared memory)");
   const dim3 grid((p.V + VT - 1) / VT, p.HV, N);

@@ -28,6 +28,7 @@
 #include <string>
 
 #include "chunk_forward_tc.cuh"
+#include "mma_sync.cuh"
 #include "saved_forward.cuh"
 #include "tensor_core_common.cuh"
 
@@ -493,7 +494,10 @@ struct StateLayout {  // byte offsets in dynamic shared memory (every buffer 128
 //   group 3, Ktail and gamma_C:    issued when R(c) starts, needed by the update of c.
 // A group is committed (possibly empty) at every stage start, so each stage opens the same way: wait until at most
 // one group is in flight (the one committed last, two stages ahead), then __syncthreads.
-template <class T, int VT, bool Output, bool StoreStates>
+// The products are mma.sync with ldmatrix operands (mma_sync.cuh), whose fragment layouts are fixed by the PTX ISA.
+// NK: KP / 16 when known at compile time (8: K in 113..128, the common head size), so that every k loop unrolls;
+// 0: read from KP.
+template <class T, int VT, bool Output, bool StoreStates, int NK>
 __global__ void __launch_bounds__(kThreads, VT <= 32 ? 2 : 1)  // two blocks per SM at VT <= 32 (shared memory fits)
 tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_t* __restrict__ cu_seqlens, int T_,
                 int H, int HV, int K, int V, int KP, int VP, const bf16* __restrict__ ws_aqk,
@@ -516,7 +520,7 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int c0 = blockIdx.x * VT, hv = blockIdx.y, n = blockIdx.z, h = hv / (HV / H);
-  const int nk = KP / 16, key_pieces = KP / 8, u_valid = max(0, min(VT, VP - c0)) / 8;
+  const int nk = NK > 0 ? NK : KP / 16, key_pieces = KP / 8, u_valid = max(0, min(VT, VP - c0)) / 8;
   const SeqRange seq = sequence_range(cu_seqlens, n, T_);
   const std::size_t state_base = (static_cast<std::size_t>(n) * HV + hv) * K * V;
   const int chunks = static_cast<int>((seq.eos - seq.bos + kC - 1) / kC);
@@ -563,8 +567,6 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
 
   issue_group_1(0);
   issue_group_2(0);
-  FragmentMap map = discover_fragment_map(S32 + warp * 256, lane);  // S32 is free until the init below
-  __syncthreads();
   // S_0 = h0 (zeros without h0; padded rows and columns zero).
   for (int i = tid; i < KP * VT; i += kThreads) {
     const int d = i / VT, c = i % VT;
@@ -574,14 +576,22 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
   }
   __syncthreads();
   // The fp32 master of S lives in registers: warp w owns the 16 x 16 tiles t = w + 8 j (j < nv) of the nk x nv
-  // tiles, as accumulator fragments that the update of Eq. 25 accumulates into.
+  // tiles, as accumulators that the update of Eq. 25 accumulates into.
   const int tiles = nk * nv;
-  FragC state[nv];
+  Acc16 state[nv];
 #pragma unroll
   for (int j = 0; j < nv; ++j) {
     const int t = warp + kWarps * j;
-    if (t < tiles) wmma::load_matrix_sync(state[j], S32 + 16 * (t / nv) * SF + 16 * (t % nv), SF, wmma::mem_row_major);
+    if (t < tiles) {
+      const float* tile = S32 + 16 * (t / nv) * SF + 16 * (t % nv);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) state[j].c[hh][i] = tile[Acc16::row(lane, i) * SF + Acc16::col(lane, hh, i)];
+    }
   }
+  // Element (row, column) offsets of an accumulator in a bf16 tile of row stride ld: two adjacent columns per pair.
+  auto pair_offset = [&](int ld, int hh, int i2) { return Acc16::row(lane, 2 * i2) * ld + Acc16::col(lane, hh, 0); };
 
   for (int ci = 0; ci < chunks; ++ci) {
     const std::int64_t t0 = chunk_t0(ci);
@@ -589,7 +599,6 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     // ---- R: Eq. 23, R = U - Y S_0 (rows >= len are zero: Y and U were zero-filled there).
     open_stage();  // group 1 of this chunk has landed; S_0 (the previous update) is complete
     issue_group_3(ci);
-    map.launder();
     if constexpr (StoreStates) {  // S_c (bf16, the operand the products use), the state at this chunk's start
       bf16* out = states + ((slot_base + ci) * HV + hv) * static_cast<std::size_t>(KP) * VP;
       for (int i = tid; i < KP * (VT / 8); i += kThreads) {
@@ -601,20 +610,25 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     }
     for (int t = warp; t < 4 * nv; t += kWarps) {
       const int rb = t / nv, cb = t % nv;
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int kb = 0; kb < nk; ++kb) {
-        FragA a;
-        FragB s;
-        wmma::load_matrix_sync(a, Yb + 16 * rb * kEB + 16 * kb, kEB);
-        wmma::load_matrix_sync(s, Sb + 16 * kb * SB + 16 * cb, SB);
-        wmma::mma_sync(acc, a, s, acc);
-      }
+      Acc16 acc;
+      acc.zero();
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {  // straight from the fragment
-        const int at = (16 * rb + map.row(e)) * SB + 16 * cb + map.col(e);
-        Rb[at] = __float2bfloat16_rn(__bfloat162float(Ub[at]) - acc.x[e]);
+      for (int kb = 0; kb < nk; ++kb) {
+        Frag16 a, s;
+        load_a(a, Yb + 16 * rb * kEB + 16 * kb, kEB, lane);
+        load_b(s, Sb + 16 * kb * SB + 16 * cb, SB, lane);
+        mma(acc, a, s);
       }
+      const int base = 16 * rb * SB + 16 * cb;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int i2 = 0; i2 < 2; ++i2) {  // straight from the accumulator, two columns at a time
+          const int at = base + pair_offset(SB, hh, i2);
+          const float2 u = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(Ub + at));
+          *reinterpret_cast<__nv_bfloat162*>(Rb + at) =
+              __floats2bfloat162_rn(u.x - acc.c[hh][2 * i2], u.y - acc.c[hh][2 * i2 + 1]);
+        }
     }
 
     // ---- O: Eq. 24, O = Qgamma S_0 + Aqk R (scale folded into both), staged in O32.
@@ -630,24 +644,27 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     }
     for (int t = warp; t < (Output ? 4 * nv : 0); t += kWarps) {
       const int rb = t / nv, cb = t % nv;
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
+      Acc16 acc;
+      acc.zero();
+#pragma unroll
       for (int kb = 0; kb < nk; ++kb) {
-        FragA a;
-        FragB s;
-        wmma::load_matrix_sync(a, Qg + 16 * rb * kEB + 16 * kb, kEB);
-        wmma::load_matrix_sync(s, Sb + 16 * kb * SB + 16 * cb, SB);
-        wmma::mma_sync(acc, a, s, acc);
+        Frag16 a, s;
+        load_a(a, Qg + 16 * rb * kEB + 16 * kb, kEB, lane);
+        load_b(s, Sb + 16 * kb * SB + 16 * cb, SB, lane);
+        mma(acc, a, s);
       }
       for (int kb = 0; kb <= rb; ++kb) {  // Aqk is lower triangular
-        FragA a;
-        FragB r;
-        wmma::load_matrix_sync(a, Aq + 16 * rb * kAB + 16 * kb, kAB);
-        wmma::load_matrix_sync(r, Rb + 16 * kb * SB + 16 * cb, SB);
-        wmma::mma_sync(acc, a, r, acc);
+        Frag16 a, r;
+        load_a(a, Aq + 16 * rb * kAB + 16 * kb, kAB, lane);
+        load_b(r, Rb + 16 * kb * SB + 16 * cb, SB, lane);
+        mma(acc, a, r);
       }
       float* tile = O32 + 16 * rb * SF + 16 * cb;
-      wmma::store_matrix_sync(tile, acc, SF, wmma::mem_row_major);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int i2 = 0; i2 < 2; ++i2)
+          *reinterpret_cast<float2*>(tile + pair_offset(SF, hh, i2)) = make_float2(acc.c[hh][2 * i2], acc.c[hh][2 * i2 + 1]);
       __syncwarp();
       // Lane -> row i = lane / 2, 8 columns: one 16-byte store when the 8 lie inside V and V % 8 == 0.
       const int i = lane >> 1, j0 = (lane & 1) * 8, r = 16 * rb + i, c = c0 + 16 * cb + j0;
@@ -667,31 +684,46 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     // ---- Eq. 25: S_C = Diag(gamma_C) S_0 + Ktail^T R; each warp updates its own 16 x 16 tiles in place.
     open_stage();  // group 3 has landed; Qgamma, Aqk and S_0 are no longer read
     issue_group_2(ci + 1);
-    map.launder();
 #pragma unroll
     for (int j = 0; j < nv; ++j) {
       const int t = warp + kWarps * j, db = t / nv, cb = t % nv;
       if (t >= tiles) continue;
-      FragC& acc = state[j];
+      Acc16& acc = state[j];
+      const float gam_lo = gam[16 * db + Acc16::row(lane, 0)], gam_hi = gam[16 * db + Acc16::row(lane, 2)];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc.x[e] *= gam[16 * db + map.row(e)];
-      for (int kb = 0; kb < kC / 16; ++kb) {
-        FragAT a;  // Ktail^T: element (d, s) = Ktail[s][d]
-        FragB r;
-        wmma::load_matrix_sync(a, Kt + 16 * kb * kEB + 16 * db, kEB);
-        wmma::load_matrix_sync(r, Rb + 16 * kb * SB + 16 * cb, SB);
-        wmma::mma_sync(acc, a, r, acc);
+      for (int hh = 0; hh < 2; ++hh) {
+        acc.c[hh][0] *= gam_lo;
+        acc.c[hh][1] *= gam_lo;
+        acc.c[hh][2] *= gam_hi;
+        acc.c[hh][3] *= gam_hi;
       }
 #pragma unroll
-      for (int e = 0; e < 8; ++e)  // the bf16 operand copy, straight from the fragment
-        Sb[(16 * db + map.row(e)) * SB + 16 * cb + map.col(e)] = __float2bfloat16_rn(acc.x[e]);
+      for (int kb = 0; kb < kC / 16; ++kb) {
+        Frag16 a, r;
+        load_a_transposed(a, Kt + 16 * kb * kEB + 16 * db, kEB, lane);  // Ktail^T: element (d, s) = Ktail[s][d]
+        load_b(r, Rb + 16 * kb * SB + 16 * cb, SB, lane);
+        mma(acc, a, r);
+      }
+      const int base = 16 * db * SB + 16 * cb;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int i2 = 0; i2 < 2; ++i2)  // the bf16 operand copy, straight from the accumulator
+          *reinterpret_cast<__nv_bfloat162*>(Sb + base + pair_offset(SB, hh, i2)) =
+              __floats2bfloat162_rn(acc.c[hh][2 * i2], acc.c[hh][2 * i2 + 1]);
     }
   }
   __pipeline_wait_prior(0);
 #pragma unroll
   for (int j = 0; j < nv; ++j) {
     const int t = warp + kWarps * j;
-    if (t < tiles) wmma::store_matrix_sync(S32 + 16 * (t / nv) * SF + 16 * (t % nv), state[j], SF, wmma::mem_row_major);
+    if (t < tiles) {
+      float* tile = S32 + 16 * (t / nv) * SF + 16 * (t % nv);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) tile[Acc16::row(lane, i) * SF + Acc16::col(lane, hh, i)] = state[j].c[hh][i];
+    }
   }
   __syncthreads();
   if (ht != nullptr) {
@@ -707,7 +739,8 @@ template <class T, int VT, bool Output, bool StoreStates>
 void launch_tc_state(const Problem& p, const float* h0, T* o, float* ht, int N, const PrepareWorkspace& w,
                      bf16* states, bf16* r_out, cudaStream_t stream, const char* who) {
   constexpr int bytes = StateLayout<VT>::bytes;
-  auto kernel = tc_state_kernel<T, VT, Output, StoreStates>;
+  auto kernel = round_up(p.K, 16) == kKMax ? tc_state_kernel<T, VT, Output, StoreStates, kKMax / 16>
+                                           : tc_state_kernel<T, VT, Output, StoreStates, 0>;
   const char* name = Output ? (StoreStates ? "tc_state_kernel<output, store states>" : "tc_state_kernel<output>")
                             : "tc_state_kernel<store states>";
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), who,

@@ -29,38 +29,6 @@ using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
 using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-// Where each element of a warp's float accumulator fragment sits in its 16 x 16 tile. WMMA leaves that layout to
-// the implementation, so the kernels read it off the hardware once (discover_fragment_map) instead of assuming
-// it: element e (of FragC::x) at row row(e), column col(e). Used to scale an accumulator's rows and to store it
-// as bf16 straight from registers.
-static_assert(FragC::num_elements == 8, "a 16 x 16 float accumulator fragment holds 8 elements per lane");
-struct FragmentMap {
-  unsigned rows = 0, cols = 0;  // 4 bits per element: element e at bits 4e .. 4e + 3
-  __device__ __forceinline__ int row(int e) const { return (rows >> (4 * e)) & 15; }
-  __device__ __forceinline__ int col(int e) const { return (cols >> (4 * e)) & 15; }
-  // Hides the values from the optimizer, so that the per-element offsets derived from them are recomputed where
-  // used (a few integer instructions) instead of being hoisted out of the chunk loop into ~16 live registers.
-  __device__ __forceinline__ void launder() { asm volatile("" : "+r"(rows), "+r"(cols)); }
-};
-
-// Warp-collective: loads tiles whose entries are their own row (then column) index as accumulators. `scratch`:
-// 256 floats of this warp's shared memory (overwritten).
-__device__ inline FragmentMap discover_fragment_map(float* scratch, int lane) {
-  FragmentMap map;
-  for (int pass = 0; pass < 2; ++pass) {
-    for (int i = lane; i < 256; i += 32) scratch[i] = static_cast<float>(pass == 0 ? i / 16 : i % 16);
-    __syncwarp();
-    FragC f;
-    wmma::load_matrix_sync(f, scratch, 16, wmma::mem_row_major);
-    unsigned packed = 0;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) packed |= (static_cast<unsigned>(f.x[e]) & 15u) << (4 * e);
-    (pass == 0 ? map.rows : map.cols) = packed;
-    __syncwarp();
-  }
-  return map;
-}
-
 // 2^x in one MUFU instruction (relative error ~2^-22; 2^-inf = 0). The kernels keep G in units of log2(e)
 // (G2 = G log2 e), so exp(G_r - G_s) = exp2(G2_r - G2_s).
 __device__ __forceinline__ float fast_exp2(float x) {
