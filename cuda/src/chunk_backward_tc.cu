@@ -1,7 +1,7 @@
 // Gate-aware chunkwise backward on tensor cores (Mode::fast, bf16 / f16 inputs, 16 <= K <= 128, V <= 128, sm_90):
 // spec section 6, chunk C = 64, the four phases of the fp32 program (chunk_backward.cu) on tensor cores.
 //
-// Every matrix product runs on bf16 tensor-core operands with fp32 accumulation (WMMA m16n16k16); gates,
+// Every matrix product runs on bf16 tensor-core operands with fp32 accumulation (mma.sync, mma_sync.cuh); gates,
 // cumulative decays and the elementwise chain stay fp32, and the sums that cancel (the rows of dG, the
 // reverse cumulative sum into dg, the Ktail pairs) are combined in double as in the fp32 program
 // (chunk_backward_program.cuh, chunk_gradients), whose formulas this file follows term by term.
@@ -45,7 +45,7 @@ using namespace tc;
 constexpr int kVMax = 128;                 // largest V of the tensor-core backward
 constexpr int kGS = kKMax + 1;             // row stride of the fp32 G [64][129] (log2 units)
 constexpr int kDT = 32;                    // key channels per tile of the score VJPs
-constexpr int kTS = kDT + 4;               // fp32 [64][36] tile row stride (WMMA: multiple of 4)
+constexpr int kTS = kDT + 4;               // fp32 [64][36] tile row stride (even: accumulators store column pairs)
 constexpr int kDB = kDT + 8;               // bf16 [96][40] prescaled operand row stride
 constexpr int kRow = kC * kEB * 2;         // bf16 [64][136]: 17408
 constexpr int kSq = kC * kAB * 2;          // bf16 [64][72]: 9216
@@ -176,36 +176,39 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
   // X = dQgamma = scale dO S_0^T, dY = -dR S_0^T, dKtail = R dS^T (64 x rows, reductions over V).
   for (int t = warp; t < 4 * nk; t += kWarps) {
     const int rb = t / nk, cb = t % nk;
-    FragC acc_x, acc_y, acc_k;
-    wmma::fill_fragment(acc_x, 0.0f);
-    wmma::fill_fragment(acc_y, 0.0f);
-    wmma::fill_fragment(acc_k, 0.0f);
+    Acc16 acc_x, acc_y, acc_k;
+    acc_x.zero();
+    acc_y.zero();
+    acc_k.zero();
     for (int kb = 0; kb < nv; ++kb) {
-      FragA o, dr, r;
-      FragBT s0t, dst;  // (j, d) = S_0[d][j], dS[d][j]
-      wmma::load_matrix_sync(s0t, S0b + 16 * cb * kEB + 16 * kb, kEB);
-      wmma::load_matrix_sync(dst, dSb + 16 * cb * kEB + 16 * kb, kEB);
-      wmma::load_matrix_sync(o, dOb + 16 * rb * kEB + 16 * kb, kEB);
-      wmma::load_matrix_sync(dr, dRb + 16 * rb * kEB + 16 * kb, kEB);
-      wmma::load_matrix_sync(r, Rb + 16 * rb * kEB + 16 * kb, kEB);
-      wmma::mma_sync(acc_x, o, s0t, acc_x);
-      wmma::mma_sync(acc_y, dr, s0t, acc_y);
-      wmma::mma_sync(acc_k, r, dst, acc_k);
+      Frag16 o, dr, r;
+      Frag16 s0t, dst;  // (j, d) = S_0[d][j], dS[d][j]
+      load_b_transposed(s0t, S0b + 16 * cb * kEB + 16 * kb, kEB, lane);
+      load_b_transposed(dst, dSb + 16 * cb * kEB + 16 * kb, kEB, lane);
+      load_a(o, dOb + 16 * rb * kEB + 16 * kb, kEB, lane);
+      load_a(dr, dRb + 16 * rb * kEB + 16 * kb, kEB, lane);
+      load_a(r, Rb + 16 * rb * kEB + 16 * kb, kEB, lane);
+      mma(acc_x, o, s0t);
+      mma(acc_y, dr, s0t);
+      mma(acc_k, r, dst);
     }
     const int rows_left = len - 16 * rb;
     auto key_out = [&](auto* base) {
       return [=](int i) { return base + val_row(16 * rb + i) * KP + d_begin + 16 * cb; };
     };
-    wmma::store_matrix_sync(stage, acc_x, kStage, wmma::mem_row_major);
+    acc_x.store(stage, kStage, lane);
     __syncwarp();
     store_tile_f32(stage, scale, rows_left, key_out(sg.x), lane);
     __syncwarp();
-    wmma::store_matrix_sync(stage, acc_k, kStage, wmma::mem_row_major);
+    acc_k.store(stage, kStage, lane);
     __syncwarp();
     store_tile_f32(stage, 1.0f, rows_left, key_out(sg.dkt), lane);
     __syncwarp();
-    for (int i = 0; i < acc_y.num_elements; ++i) acc_y.x[i] = -acc_y.x[i];
-    wmma::store_matrix_sync(stage, acc_y, kStage, wmma::mem_row_major);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc_y.c[hh][i] = -acc_y.c[hh][i];
+    acc_y.store(stage, kStage, lane);
     __syncwarp();
     store_tile_bf16(stage, rows_left, key_out(sg.dy), lane);
     __syncwarp();
@@ -214,18 +217,18 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
   // dAqk = scale dO R^T on s <= r (blocks above the diagonal: zeros).
   for (int t = warp; t < 16; t += kWarps) {
     const int rb = t / 4, cb = t % 4;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
+    Acc16 acc;
+    acc.zero();
     if (cb <= rb) {
       for (int kb = 0; kb < nv; ++kb) {
-        FragA o;
-        FragBT rt;  // (j, s) = R[s][j]
-        wmma::load_matrix_sync(o, dOb + 16 * rb * kEB + 16 * kb, kEB);
-        wmma::load_matrix_sync(rt, Rb + 16 * cb * kEB + 16 * kb, kEB);
-        wmma::mma_sync(acc, o, rt, acc);
+        Frag16 o;
+        Frag16 rt;  // (j, s) = R[s][j]
+        load_a(o, dOb + 16 * rb * kEB + 16 * kb, kEB, lane);
+        load_b_transposed(rt, Rb + 16 * cb * kEB + 16 * kb, kEB, lane);
+        mma(acc, o, rt);
       }
     }
-    wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+    acc.store(stage, kStage, lane);
     __syncwarp();
     for (int e = lane; e < 256; e += 32) {
       const int i = e >> 4, j = e & 15, r = 16 * rb + i, s = 16 * cb + j;
@@ -236,10 +239,10 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
   // dZ = A^T dU = A^T dR (A lower triangular: (A^T)_{r, r2} needs r2 >= r); dw = dZ * v, dv = dZ * w.
   for (int t = warp; t < 4 * nv; t += kWarps) {
     const int rb = t / nv, cb = t % nv;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
-    mma_lower_transposed(acc, Ab, kAB, dRb, kEB, rb, 16 * cb);
-    wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+    Acc16 acc;
+    acc.zero();
+    mma_lower_transposed(acc, Ab, kAB, dRb, kEB, rb, 16 * cb, lane);
+    acc.store(stage, kStage, lane);
     __syncwarp();
     {  // lane -> row lane / 2 of the tile, 8 columns: 16-byte loads and stores with vector_io
       const int i = lane >> 1, j0 = 8 * (lane & 1), r = 16 * rb + i, c = 16 * cb + j0;
@@ -453,25 +456,25 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
   // dA = dU Z^T + dY Ebar^T (dU = dR), strictly lower (A - I is strictly lower): blocks on and below the diagonal.
   for (int t = warp; t < 16; t += kGradWarps) {
     const int rb = t / 4, cb = t % 4;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
+    Acc16 acc;
+    acc.zero();
     if (cb <= rb) {
       for (int kb = 0; kb < nv; ++kb) {
-        FragA a;
-        FragBT zt;
-        wmma::load_matrix_sync(a, dRb + 16 * rb * kEB + 16 * kb, kEB);
-        wmma::load_matrix_sync(zt, Zb + 16 * cb * kEB + 16 * kb, kEB);
-        wmma::mma_sync(acc, a, zt, acc);
+        Frag16 a;
+        Frag16 zt;
+        load_a(a, dRb + 16 * rb * kEB + 16 * kb, kEB, lane);
+        load_b_transposed(zt, Zb + 16 * cb * kEB + 16 * kb, kEB, lane);
+        mma(acc, a, zt);
       }
       for (int kb = 0; kb < nk; ++kb) {
-        FragA a;
-        FragBT et;
-        wmma::load_matrix_sync(a, dYb + 16 * rb * kEB + 16 * kb, kEB);
-        wmma::load_matrix_sync(et, Eb + 16 * cb * kEB + 16 * kb, kEB);
-        wmma::mma_sync(acc, a, et, acc);
+        Frag16 a;
+        Frag16 et;
+        load_a(a, dYb + 16 * rb * kEB + 16 * kb, kEB, lane);
+        load_b_transposed(et, Eb + 16 * cb * kEB + 16 * kb, kEB, lane);
+        mma(acc, a, et);
       }
     }
-    wmma::store_matrix_sync(sdA + 16 * rb * kSS + 16 * cb, acc, kSS, wmma::mem_row_major);
+    acc.store(sdA + 16 * rb * kSS + 16 * cb, kSS, lane);
   }
   __syncthreads();
   for (int i = tid; i < kC * kC; i += kGradThreads) {
@@ -482,16 +485,16 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
   // dT = -tril(A^T dA A^T, -1): M = A^T dA (M_rj = sum_i A_ir dA_ij, i >= r and i > j), then M A^T.
   for (int t = warp; t < 16; t += kGradWarps) {
     const int rb = t / 4, cb = t % 4;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
+    Acc16 acc;
+    acc.zero();
     for (int kb = max(rb, cb); kb < 4; ++kb) {
-      FragAT a;
-      FragB da;
-      wmma::load_matrix_sync(a, Ab + 16 * kb * kAB + 16 * rb, kAB);
-      wmma::load_matrix_sync(da, dAb + 16 * kb * kAB + 16 * cb, kAB);
-      wmma::mma_sync(acc, a, da, acc);
+      Frag16 a;
+      Frag16 da;
+      load_a_transposed(a, Ab + 16 * kb * kAB + 16 * rb, kAB, lane);
+      load_b(da, dAb + 16 * kb * kAB + 16 * cb, kAB, lane);
+      mma(acc, a, da);
     }
-    wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+    acc.store(stage, kStage, lane);
     __syncwarp();
     for (int e = lane; e < 256; e += 32)
       Mb[(16 * rb + (e >> 4)) * kAB + 16 * cb + (e & 15)] = __float2bfloat16_rn(stage[(e >> 4) * kStage + (e & 15)]);
@@ -500,18 +503,18 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
   __syncthreads();
   for (int t = warp; t < 16; t += kGradWarps) {  // dT = -(M A^T) on s < r, (M A^T)_rs = sum_{j <= s} M_rj A_sj
     const int rb = t / 4, cb = t % 4;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
+    Acc16 acc;
+    acc.zero();
     if (cb <= rb) {
       for (int kb = 0; kb <= cb; ++kb) {
-        FragA m;
-        FragBT at;  // (j, s) = A[s][j]
-        wmma::load_matrix_sync(m, Mb + 16 * rb * kAB + 16 * kb, kAB);
-        wmma::load_matrix_sync(at, Ab + 16 * cb * kAB + 16 * kb, kAB);
-        wmma::mma_sync(acc, m, at, acc);
+        Frag16 m;
+        Frag16 at;  // (j, s) = A[s][j]
+        load_a(m, Mb + 16 * rb * kAB + 16 * kb, kAB, lane);
+        load_b_transposed(at, Ab + 16 * cb * kAB + 16 * kb, kAB, lane);
+        mma(acc, m, at);
       }
     }
-    wmma::store_matrix_sync(stage, acc, kStage, wmma::mem_row_major);
+    acc.store(stage, kStage, lane);
     __syncwarp();
     for (int e = lane; e < 256; e += 32) {
       const int i = e >> 4, j = e & 15, r = 16 * rb + i, c = 16 * cb + j;
@@ -563,18 +566,18 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
     // (rows of block J <= 2), and dEbar = A^T dY for this tile.
     for (int task = warp; task < 32; task += kGradWarps) {
       const int nb = task & 1, kind = task >> 1;  // kind 0-2: P, 3-5: Pq, 6-8: Q, 9-11: Qk, 12-15: dEbar
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
+      Acc16 acc;
+      acc.zero();
       float* out;
       if (kind < 6) {  // P_I = dT[I, <I] Ks_I, Pq_I = dAqk[I, <I] Ks_I (then times exp(G_r - G_16I))
         const int I = kind % 3 + 1;
         const bf16* left = kind < 3 ? dTb : dAqkb;
         for (int kb = 0; kb < I; ++kb) {
-          FragA a;
-          FragB kk;
-          wmma::load_matrix_sync(a, left + 16 * I * kAB + 16 * kb, kAB);
-          wmma::load_matrix_sync(kk, Ks + (ks_row_offset(I) + 16 * kb) * kDB + 16 * nb, kDB);
-          wmma::mma_sync(acc, a, kk, acc);
+          Frag16 a;
+          Frag16 kk;
+          load_a(a, left + 16 * I * kAB + 16 * kb, kAB, lane);
+          load_b(kk, Ks + (ks_row_offset(I) + 16 * kb) * kDB + 16 * nb, kDB, lane);
+          mma(acc, a, kk);
         }
         out = (kind < 3 ? sP : sPq) + 16 * I * kTS + 16 * nb;
       } else if (kind < 12) {  // Q_J = dT[>J, J]^T Es_J, Qk_J = dAqk[>J, J]^T Qs_J (then times exp(G_16(J+1) - G_s))
@@ -582,19 +585,19 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
         const bf16* left = kind < 9 ? dTb : dAqkb;
         const bf16* right = kind < 9 ? Es : Qs;
         for (int kb = 0; kb < 3 - J; ++kb) {
-          FragAT a;  // (i, kk) = M[16 (J + 1 + kb) + kk][16 J + i]
-          FragB x;
-          wmma::load_matrix_sync(a, left + 16 * (J + 1 + kb) * kAB + 16 * J, kAB);
-          wmma::load_matrix_sync(x, right + (es_row_offset(J) + 16 * kb) * kDB + 16 * nb, kDB);
-          wmma::mma_sync(acc, a, x, acc);
+          Frag16 a;  // (i, kk) = M[16 (J + 1 + kb) + kk][16 J + i]
+          Frag16 x;
+          load_a_transposed(a, left + 16 * (J + 1 + kb) * kAB + 16 * J, kAB, lane);
+          load_b(x, right + (es_row_offset(J) + 16 * kb) * kDB + 16 * nb, kDB, lane);
+          mma(acc, a, x);
         }
         out = (kind < 9 ? sQ : sQk) + 16 * J * kTS + 16 * nb;
       } else {  // dEbar = A^T dY, row block rb
         const int rb = kind - 12;
-        mma_lower_transposed(acc, Ab, kAB, dYb, kEB, rb, d0 + 16 * nb);
+        mma_lower_transposed(acc, Ab, kAB, dYb, kEB, rb, d0 + 16 * nb, lane);
         out = sdE + 16 * rb * kTS + 16 * nb;
       }
-      wmma::store_matrix_sync(out, acc, kTS, wmma::mem_row_major);
+      acc.store(out, kTS, lane);
     }
     __syncthreads();
     // Per (r, d): the diagonal blocks in FFMA with the exact decay (measured: on tensor cores with the block's
@@ -736,14 +739,10 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
     const int t = warp + kWarps * j;
     if (t < tiles) {
       const float* tile = dS32 + 16 * (t / nv) * SF + 16 * (t % nv);
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) grad[j].c[hh][i] = tile[Acc16::row(lane, i) * SF + Acc16::col(lane, hh, i)];
+      grad[j].load(tile, SF, lane);
     }
   }
-  // Offset of an accumulator's element pair (two adjacent columns) in a tile of row stride ld.
-  auto pair_offset = [&](int ld, int hh, int i2) { return Acc16::row(lane, 2 * i2) * ld + Acc16::col(lane, hh, 0); };
+  auto pair_offset = [&](int ld, int hh, int i2) { return Acc16::pair_offset(lane, ld, hh, i2); };
   const std::int64_t slot_base = slot_base_shared;
   const int chunks = static_cast<int>((seq.eos - seq.bos + kC - 1) / kC);
   auto chunk_t0 = [&](int ci) { return seq.bos + static_cast<std::int64_t>(ci) * kC; };
@@ -817,12 +816,7 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
       const int rb = t / nv, cb = t % nv;
       Acc16 acc;
       acc.zero();
-      for (int kb = rb; kb < 4; ++kb) {  // Aqk^T dO: Aqk is lower triangular, so only k blocks kb >= rb
-        Frag16 a, x;
-        load_a_transposed(a, Aq + 16 * kb * kAB + 16 * rb, kAB, lane);  // (i, kk) = Aqk[16 kb + kk][16 rb + i]
-        load_b(x, dOb + 16 * kb * SB + 16 * cb, SB, lane);
-        mma(acc, a, x);
-      }
+      mma_lower_transposed(acc, Aq, kAB, dOb, SB, rb, 16 * cb, lane);  // Aqk^T dO
 #pragma unroll
       for (int kb = 0; kb < nk; ++kb) {
         Frag16 a, s;
@@ -890,10 +884,7 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
     const int t = warp + kWarps * j;
     if (t < tiles) {
       float* tile = dS32 + 16 * (t / nv) * SF + 16 * (t % nv);
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) tile[Acc16::row(lane, i) * SF + Acc16::col(lane, hh, i)] = grad[j].c[hh][i];
+      grad[j].store(tile, SF, lane);
     }
   }
   __syncthreads();  // dS complete

@@ -1,7 +1,7 @@
 // Chunkwise WY forward on tensor cores (Mode::fast): spec section 5, Eq. 18-25, chunk C = 64.
 //
-// Every matrix product runs on bf16 tensor-core operands with fp32 accumulation (WMMA m16n16k16, i.e.
-// mma.sync on sm_80+); gates, cumulative decays, the triangular solve and the state S stay fp32.
+// Every matrix product runs on bf16 tensor-core operands with fp32 accumulation (mma.sync m16n8k16 with ldmatrix
+// operand loads, mma_sync.cuh; sm_80+); gates, cumulative decays, the triangular solve and the state S stay fp32.
 // Two kernels with a bf16 workspace between them (allocated stream-ordered per call):
 //   1. tc_prepare_kernel, one block per (chunk, key head), every chunk in parallel, d tiles of 32 channels:
 //        G = cumsum(g) (fp32), the scores Aqk (Eq. 24) and T (Eq. 19): off-diagonal 16 x 16 blocks on
@@ -38,7 +38,7 @@ using namespace tc;
 
 constexpr int kDT = 32;          // prepare: channels per d tile
 constexpr int kDS = kDT + 1;     // fp32 d-tile row stride (no bank conflicts)
-constexpr int kDB = kDT + 8;     // bf16 operand row stride (WMMA ldm: multiple of 8 bf16)
+constexpr int kDB = kDT + 8;     // bf16 operand row stride (ldmatrix rows: 16-byte aligned, 8 rows on distinct banks)
 constexpr int kZT = 64;          // U: value columns per tile
 constexpr int kZB = kZT + 8;
 
@@ -121,9 +121,9 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   // Warps 6 and 7 own the 8 x 8 blocks inside diagonal blocks 2 P, 2 P + 1 (P = w - 6), computed as one 16 x 16
   // product of Qh / Eh rows 16 P.. with Kh rows 16 P.. whose two diagonal 8 x 8 quadrants are the ones wanted.
   const int pair_I = 1 + (warp >= 1) + (warp >= 3), pair_J = warp - pair_I * (pair_I - 1) / 2;
-  FragC acc_aqk, acc_t;
-  wmma::fill_fragment(acc_aqk, 0.0f);
-  wmma::fill_fragment(acc_t, 0.0f);
+  Acc16 acc_aqk, acc_t;  // (mma_sync.cuh)
+  acc_aqk.zero();
+  acc_t.zero();
   // The eight 8 x 8 diagonal blocks in FFMA, only the 8 x 36 = 288 pairs s <= r, p = 36 B + i (i + 1) / 2 + j:
   // rows r = 8 B + i, columns s = 8 B + j, j <= i. Thread t computes pair t on all 32 channels of a d tile, and
   // 4 channels (4 (t % 8) ..) of pair 256 + t / 8; the 8 lanes sharing that pair sum their parts at the end.
@@ -261,13 +261,12 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
       const bf16* b_k_rows = warp < 6 ? Ks + (ks_row_offset(pair_I) + 16 * pair_J) * kDB : Kh + 16 * (warp - 6) * kDB;
 #pragma unroll
       for (int ks = 0; ks < kDT; ks += 16) {
-        FragA a_q, a_e;
-        FragBT b_k;
-        wmma::load_matrix_sync(a_q, a_q_rows + ks, kDB);
-        wmma::load_matrix_sync(a_e, a_e_rows + ks, kDB);
-        wmma::load_matrix_sync(b_k, b_k_rows + ks, kDB);
-        wmma::mma_sync(acc_aqk, a_q, b_k, acc_aqk);
-        wmma::mma_sync(acc_t, a_e, b_k, acc_t);
+        Frag16 a_q, a_e, b_k;
+        load_a(a_q, a_q_rows + ks, kDB, lane);
+        load_a(a_e, a_e_rows + ks, kDB, lane);
+        load_b_transposed(b_k, b_k_rows + ks, kDB, lane);  // (d, s) = K[s][d]
+        mma(acc_aqk, a_q, b_k);
+        mma(acc_t, a_e, b_k);
       }
     }
     // The 8 x 8 diagonal blocks: exact decay exp(G_r - G_s), s <= r.
@@ -309,21 +308,18 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   // accumulators, blocks above the diagonal zero.
   if (warp < 6) {
     const int I = pair_I, J = pair_J;
-    wmma::store_matrix_sync(sAqk + 16 * I * kSS + 16 * J, acc_aqk, kSS, wmma::mem_row_major);
-    wmma::store_matrix_sync(sT + 16 * I * kSS + 16 * J, acc_t, kSS, wmma::mem_row_major);
-  } else {  // the two wanted quadrants: block I = 2 P + q, rows 16 I + 8 + i, columns 16 I + j (i, j < 8)
-    float* my_stage = stage + warp * 16 * kStage;
-    const int P = warp - 6, q = lane >> 4, i = (lane >> 1) & 7, j0 = 4 * (lane & 1);
-    const int at = (32 * P + 16 * q + 8 + i) * kSS + 32 * P + 16 * q + j0, from = (8 * q + i) * kStage + 8 * q + j0;
-    wmma::store_matrix_sync(my_stage, acc_aqk, kStage, wmma::mem_row_major);
-    __syncwarp();
+    acc_aqk.store(sAqk + 16 * I * kSS + 16 * J, kSS, lane);
+    acc_t.store(sT + 16 * I * kSS + 16 * J, kSS, lane);
+  } else {  // the two wanted quadrants of the 16 x 16 product: rows and columns 0-7 (the pair c[0][0..1] of each
+            // lane) are block 2 P's, rows and columns 8-15 (c[1][2..3]) block 2 P + 1's: rows 16 I + 8 + i,
+            // columns 16 I + j (i, j < 8)
+    const int P = warp - 6, i = lane >> 2, j = 2 * (lane & 3);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) sAqk[at + j] = my_stage[from + j];
-    __syncwarp();
-    wmma::store_matrix_sync(my_stage, acc_t, kStage, wmma::mem_row_major);
-    __syncwarp();
-#pragma unroll
-    for (int j = 0; j < 4; ++j) sT[at + j] = my_stage[from + j];
+    for (int q = 0; q < 2; ++q) {
+      const int I = 2 * P + q, at = (16 * I + 8 + i) * kSS + 16 * I + j;
+      *reinterpret_cast<float2*>(sAqk + at) = make_float2(acc_aqk.c[q][2 * q], acc_aqk.c[q][2 * q + 1]);
+      *reinterpret_cast<float2*>(sT + at) = make_float2(acc_t.c[q][2 * q], acc_t.c[q][2 * q + 1]);
+    }
   }
   // The extra pair's 4-channel parts: the 8 lanes that share it sum them.
 #pragma unroll
@@ -414,16 +410,15 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   const int nk = KP / 16;
   for (int t = warp; t < 4 * nk; t += kWarps) {
     const int rb = t / nk, cb = t % nk;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
+    Acc16 acc;
+    acc.zero();
     for (int kb = 0; kb <= rb; ++kb) {
-      FragA a;
-      FragB e;
-      wmma::load_matrix_sync(a, sAb + 16 * rb * kAB + 16 * kb, kAB);
-      wmma::load_matrix_sync(e, sEbar + 16 * kb * kEB + 16 * cb, kEB);
-      wmma::mma_sync(acc, a, e, acc);
+      Frag16 a, e;
+      load_a(a, sAb + 16 * rb * kAB + 16 * kb, kAB, lane);
+      load_b(e, sEbar + 16 * kb * kEB + 16 * cb, kEB, lane);
+      mma(acc, a, e);
     }
-    wmma::store_matrix_sync(my_stage, acc, kStage, wmma::mem_row_major);
+    acc.store(my_stage, kStage, lane);
     __syncwarp();
     store_tile_bf16(my_stage, len - 16 * rb, [&](int i) { return ws_y + key_row(16 * rb + i) * KP + 16 * cb; }, lane);
     __syncwarp();
@@ -446,16 +441,15 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
     const int nz = min(kZT, VP - c0) / 16;
     for (int t = warp; t < 4 * nz; t += kWarps) {
       const int rb = t / nz, cb = t % nz;
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
+      Acc16 acc;
+      acc.zero();
       for (int kb = 0; kb <= rb; ++kb) {
-        FragA a;
-        FragB zf;
-        wmma::load_matrix_sync(a, sAb + 16 * rb * kAB + 16 * kb, kAB);
-        wmma::load_matrix_sync(zf, sZ + 16 * kb * kZB + 16 * cb, kZB);
-        wmma::mma_sync(acc, a, zf, acc);
+        Frag16 a, zf;
+        load_a(a, sAb + 16 * rb * kAB + 16 * kb, kAB, lane);
+        load_b(zf, sZ + 16 * kb * kZB + 16 * cb, kZB, lane);
+        mma(acc, a, zf);
       }
-      wmma::store_matrix_sync(my_stage, acc, kStage, wmma::mem_row_major);
+      acc.store(my_stage, kStage, lane);
       __syncwarp();
       store_tile_bf16(my_stage, len - 16 * rb,
                       [&](int i) { return ws_u + ((chunk.t0 + 16 * rb + i) * HV + hv) * VP + c0 + 16 * cb; }, lane);
@@ -584,14 +578,10 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     const int t = warp + kWarps * j;
     if (t < tiles) {
       const float* tile = S32 + 16 * (t / nv) * SF + 16 * (t % nv);
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) state[j].c[hh][i] = tile[Acc16::row(lane, i) * SF + Acc16::col(lane, hh, i)];
+      state[j].load(tile, SF, lane);
     }
   }
-  // Element (row, column) offsets of an accumulator in a bf16 tile of row stride ld: two adjacent columns per pair.
-  auto pair_offset = [&](int ld, int hh, int i2) { return Acc16::row(lane, 2 * i2) * ld + Acc16::col(lane, hh, 0); };
+  auto pair_offset = [&](int ld, int hh, int i2) { return Acc16::pair_offset(lane, ld, hh, i2); };
 
   for (int ci = 0; ci < chunks; ++ci) {
     const std::int64_t t0 = chunk_t0(ci);
@@ -660,11 +650,7 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
         mma(acc, a, r);
       }
       float* tile = O32 + 16 * rb * SF + 16 * cb;
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int i2 = 0; i2 < 2; ++i2)
-          *reinterpret_cast<float2*>(tile + pair_offset(SF, hh, i2)) = make_float2(acc.c[hh][2 * i2], acc.c[hh][2 * i2 + 1]);
+      acc.store(tile, SF, lane);
       __syncwarp();
       // Lane -> row i = lane / 2, 8 columns: one 16-byte store when the 8 lie inside V and V % 8 == 0.
       const int i = lane >> 1, j0 = (lane & 1) * 8, r = 16 * rb + i, c = c0 + 16 * cb + j0;
@@ -719,10 +705,7 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
     const int t = warp + kWarps * j;
     if (t < tiles) {
       float* tile = S32 + 16 * (t / nv) * SF + 16 * (t % nv);
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) tile[Acc16::row(lane, i) * SF + Acc16::col(lane, hh, i)] = state[j].c[hh][i];
+      state[j].store(tile, SF, lane);
     }
   }
   __syncthreads();

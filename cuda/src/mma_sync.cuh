@@ -1,5 +1,5 @@
 #pragma once
-// Raw tensor-core products for the state kernels: mma.sync.m16n8k16 (bf16 operands, fp32 accumulation) with
+// Raw tensor-core products for the tensor-core kernels: mma.sync.m16n8k16 (bf16 operands, fp32 accumulation) with
 // operands loaded from shared memory by ldmatrix. Unlike WMMA, whose fragment layouts are left to the
 // implementation, these layouts are fixed by the PTX ISA ("Matrix fragments for mma.m16n8k16 with floating point
 // type" and "ldmatrix"), so a kernel can address accumulator elements directly. One ldmatrix.x4 replaces the
@@ -28,6 +28,28 @@ struct Acc16 {  // 16 x 16 fp32 accumulator, as two 16 x 8 halves
   // Row (0..15) and column (0..15) of element c[h][i] for this lane.
   __device__ static __forceinline__ int row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
   __device__ static __forceinline__ int col(int lane, int h, int i) { return 8 * h + 2 * (lane & 3) + (i & 1); }
+  // Offset, in a tile of row stride ld, of the pair c[h][2 p], c[h][2 p + 1] (two adjacent columns).
+  __device__ static __forceinline__ int pair_offset(int lane, int ld, int h, int p) {
+    return row(lane, 2 * p) * ld + col(lane, h, 0);
+  }
+  // From / to an fp32 16 x 16 tile of row stride ld (even; tile 8-byte aligned).
+  __device__ __forceinline__ void load(const float* tile, int ld, int lane) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        const float2 x = *reinterpret_cast<const float2*>(tile + pair_offset(lane, ld, h, p));
+        c[h][2 * p] = x.x;
+        c[h][2 * p + 1] = x.y;
+      }
+  }
+  __device__ __forceinline__ void store(float* tile, int ld, int lane) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int p = 0; p < 2; ++p)
+        *reinterpret_cast<float2*>(tile + pair_offset(lane, ld, h, p)) = make_float2(c[h][2 * p], c[h][2 * p + 1]);
+  }
 };
 
 namespace detail_ldmatrix {
@@ -63,6 +85,11 @@ __device__ __forceinline__ void load_a_transposed(Frag16& a, const __nv_bfloat16
 // B operand, stored row-major: element (k, n) at p[k * ld + n].
 __device__ __forceinline__ void load_b(Frag16& b, const __nv_bfloat16* p, int ld, int lane) {
   detail_ldmatrix::x4_trans(b, p + (lane & 15) * ld + (lane >> 4) * 8);
+}
+
+// B operand given by its transpose, stored row-major: element (k, n) of B at p[n * ld + k].
+__device__ __forceinline__ void load_b_transposed(Frag16& b, const __nv_bfloat16* p, int ld, int lane) {
+  detail_ldmatrix::x4(b, p + ((lane >> 4) * 8 + (lane & 7)) * ld + ((lane >> 3) & 1) * 8);
 }
 
 // d += a b (16 x 16 x 16): two mma.sync.m16n8k16, one per n half.

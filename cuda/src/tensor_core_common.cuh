@@ -1,17 +1,16 @@
 #pragma once
-// Shared by the tensor-core chunk kernels (chunk_forward_tc.cu, chunk_backward_tc.cu): WMMA fragment types,
-// the chunk and tile constants, the chunk-slot numbering, exp2 in one instruction, and the bf16 tile
+// Shared by the tensor-core chunk kernels (chunk_forward_tc.cu, chunk_backward_tc.cu): the products
+// (mma_sync.cuh), the chunk and tile constants, the chunk-slot numbering, exp2 in one instruction, and the bf16 tile
 // movers (cp.async loads with zero fill, 16-byte stores). Internal header.
-#include <mma.h>
 #include <cuda_pipeline.h>
 
 #include <cstdint>
 
 #include "chunk_slots.cuh"
 #include "common.cuh"
+#include "mma_sync.cuh"
 
 namespace gdr2::cuda::detail::tc {
-namespace wmma = nvcuda::wmma;
 using bf16 = __nv_bfloat16;
 
 constexpr int kC = kSlotTokens;  // chunk
@@ -22,12 +21,6 @@ constexpr int kEB = kKMax + 8;   // row stride of a 64 x 128 (or 128 x 128) bf16
 constexpr int kAB = kC + 8;      // row stride of bf16 64 x 64 matrices (A, Aqk)
 constexpr int kSS = kC + 4;      // row stride of fp32 64 x 64 matrices
 constexpr int kStage = 20;       // per-warp 16 x 16 fp32 staging tile, row stride
-
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
-using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
 // 2^x in one MUFU instruction (relative error ~2^-22; 2^-inf = 0). The kernels keep G in units of log2(e)
 // (G2 = G log2 e), so exp(G_r - G_s) = exp2(G2_r - G2_s).
@@ -105,14 +98,13 @@ __device__ __forceinline__ void async_rows(bf16* dst, int ld, const bf16* src, s
 // acc += L^T X for the 16 x 16 output block (rb, cb): L is a lower-triangular 64 x 64 bf16 matrix (row stride
 // ldl), so (L^T)_{r, r2} = L_{r2 r} needs r2 >= r and only the k blocks kb >= rb contribute; X is bf16 with
 // row stride ldx, the output's 16 columns taken from X's columns x_col .. x_col + 15.
-__device__ __forceinline__ void mma_lower_transposed(FragC& acc, const bf16* L, int ldl, const bf16* X, int ldx,
-                                                     int rb, int x_col) {
+__device__ __forceinline__ void mma_lower_transposed(Acc16& acc, const bf16* L, int ldl, const bf16* X, int ldx,
+                                                     int rb, int x_col, int lane) {
   for (int kb = rb; kb < 4; ++kb) {
-    FragAT a;  // (i, kk) = L[16 kb + kk][16 rb + i]
-    FragB x;
-    wmma::load_matrix_sync(a, L + 16 * kb * ldl + 16 * rb, ldl);
-    wmma::load_matrix_sync(x, X + 16 * kb * ldx + x_col, ldx);
-    wmma::mma_sync(acc, a, x, acc);
+    Frag16 a, x;
+    load_a_transposed(a, L + 16 * kb * ldl + 16 * rb, ldl, lane);  // (i, kk) = L[16 kb + kk][16 rb + i]
+    load_b(x, X + 16 * kb * ldx + x_col, ldx, lane);
+    mma(acc, a, x);
   }
 }
 
