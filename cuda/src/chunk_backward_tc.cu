@@ -204,10 +204,7 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
     __syncwarp();
     store_tile_f32(stage, 1.0f, rows_left, key_out(sg.dkt), lane);
     __syncwarp();
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc_y.c[hh][i] = -acc_y.c[hh][i];
+    acc_y.negate();
     acc_y.store(stage, kStage, lane);
     __syncwarp();
     store_tile_bf16(stage, rows_left, key_out(sg.dy), lane);
@@ -219,15 +216,7 @@ tc_state_gradients_kernel(const T* __restrict__ dout, const T* __restrict__ v, c
     const int rb = t / 4, cb = t % 4;
     Acc16 acc;
     acc.zero();
-    if (cb <= rb) {
-      for (int kb = 0; kb < nv; ++kb) {
-        Frag16 o;
-        Frag16 rt;  // (j, s) = R[s][j]
-        load_a(o, dOb + 16 * rb * kEB + 16 * kb, kEB, lane);
-        load_b_transposed(rt, Rb + 16 * cb * kEB + 16 * kb, kEB, lane);
-        mma(acc, o, rt);
-      }
-    }
+    if (cb <= rb) mma_abt(acc, dOb + 16 * rb * kEB, kEB, Rb + 16 * cb * kEB, kEB, nv, lane);  // dO R^T
     acc.store(stage, kStage, lane);
     __syncwarp();
     for (int e = lane; e < 256; e += 32) {
@@ -459,20 +448,8 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
     Acc16 acc;
     acc.zero();
     if (cb <= rb) {
-      for (int kb = 0; kb < nv; ++kb) {
-        Frag16 a;
-        Frag16 zt;
-        load_a(a, dRb + 16 * rb * kEB + 16 * kb, kEB, lane);
-        load_b_transposed(zt, Zb + 16 * cb * kEB + 16 * kb, kEB, lane);
-        mma(acc, a, zt);
-      }
-      for (int kb = 0; kb < nk; ++kb) {
-        Frag16 a;
-        Frag16 et;
-        load_a(a, dYb + 16 * rb * kEB + 16 * kb, kEB, lane);
-        load_b_transposed(et, Eb + 16 * cb * kEB + 16 * kb, kEB, lane);
-        mma(acc, a, et);
-      }
+      mma_abt(acc, dRb + 16 * rb * kEB, kEB, Zb + 16 * cb * kEB, kEB, nv, lane);  // dU Z^T
+      mma_abt(acc, dYb + 16 * rb * kEB, kEB, Eb + 16 * cb * kEB, kEB, nk, lane);  // dY Ebar^T
     }
     acc.store(sdA + 16 * rb * kSS + 16 * cb, kSS, lane);
   }
@@ -487,13 +464,8 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
     const int rb = t / 4, cb = t % 4;
     Acc16 acc;
     acc.zero();
-    for (int kb = max(rb, cb); kb < 4; ++kb) {
-      Frag16 a;
-      Frag16 da;
-      load_a_transposed(a, Ab + 16 * kb * kAB + 16 * rb, kAB, lane);
-      load_b(da, dAb + 16 * kb * kAB + 16 * cb, kAB, lane);
-      mma(acc, a, da);
-    }
+    const int k0 = max(rb, cb);  // A^T dA: A lower triangular, dA strictly lower
+    mma_atb(acc, Ab + 16 * k0 * kAB + 16 * rb, kAB, dAb + 16 * k0 * kAB + 16 * cb, kAB, 4 - k0, lane);
     acc.store(stage, kStage, lane);
     __syncwarp();
     for (int e = lane; e < 256; e += 32)
@@ -505,15 +477,7 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
     const int rb = t / 4, cb = t % 4;
     Acc16 acc;
     acc.zero();
-    if (cb <= rb) {
-      for (int kb = 0; kb <= cb; ++kb) {
-        Frag16 m;
-        Frag16 at;  // (j, s) = A[s][j]
-        load_a(m, Mb + 16 * rb * kAB + 16 * kb, kAB, lane);
-        load_b_transposed(at, Ab + 16 * cb * kAB + 16 * kb, kAB, lane);
-        mma(acc, m, at);
-      }
-    }
+    if (cb <= rb) mma_abt(acc, Mb + 16 * rb * kAB, kAB, Ab + 16 * cb * kAB, kAB, cb + 1, lane);  // M A^T, A lower
     acc.store(stage, kStage, lane);
     __syncwarp();
     for (int e = lane; e < 256; e += 32) {
@@ -572,25 +536,14 @@ tc_chunk_gradients_kernel(const T* __restrict__ q, const T* __restrict__ k, cons
       if (kind < 6) {  // P_I = dT[I, <I] Ks_I, Pq_I = dAqk[I, <I] Ks_I (then times exp(G_r - G_16I))
         const int I = kind % 3 + 1;
         const bf16* left = kind < 3 ? dTb : dAqkb;
-        for (int kb = 0; kb < I; ++kb) {
-          Frag16 a;
-          Frag16 kk;
-          load_a(a, left + 16 * I * kAB + 16 * kb, kAB, lane);
-          load_b(kk, Ks + (ks_row_offset(I) + 16 * kb) * kDB + 16 * nb, kDB, lane);
-          mma(acc, a, kk);
-        }
+        mma_ab(acc, left + 16 * I * kAB, kAB, Ks + ks_row_offset(I) * kDB + 16 * nb, kDB, I, lane);
         out = (kind < 3 ? sP : sPq) + 16 * I * kTS + 16 * nb;
       } else if (kind < 12) {  // Q_J = dT[>J, J]^T Es_J, Qk_J = dAqk[>J, J]^T Qs_J (then times exp(G_16(J+1) - G_s))
         const int J = kind % 3;
         const bf16* left = kind < 9 ? dTb : dAqkb;
         const bf16* right = kind < 9 ? Es : Qs;
-        for (int kb = 0; kb < 3 - J; ++kb) {
-          Frag16 a;  // (i, kk) = M[16 (J + 1 + kb) + kk][16 J + i]
-          Frag16 x;
-          load_a_transposed(a, left + 16 * (J + 1 + kb) * kAB + 16 * J, kAB, lane);
-          load_b(x, right + (es_row_offset(J) + 16 * kb) * kDB + 16 * nb, kDB, lane);
-          mma(acc, a, x);
-        }
+        // (i, kk) of the left operand = M[16 (J + 1 + kb) + kk][16 J + i]
+        mma_atb(acc, left + 16 * (J + 1) * kAB + 16 * J, kAB, right + es_row_offset(J) * kDB + 16 * nb, kDB, 3 - J, lane);
         out = (kind < 9 ? sQ : sQk) + 16 * J * kTS + 16 * nb;
       } else {  // dEbar = A^T dY, row block rb
         const int rb = kind - 12;
@@ -742,7 +695,6 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
       grad[j].load(tile, SF, lane);
     }
   }
-  auto pair_offset = [&](int ld, int hh, int i2) { return Acc16::pair_offset(lane, ld, hh, i2); };
   const std::int64_t slot_base = slot_base_shared;
   const int chunks = static_cast<int>((seq.eos - seq.bos + kC - 1) / kC);
   auto chunk_t0 = [&](int ci) { return seq.bos + static_cast<std::int64_t>(ci) * kC; };
@@ -817,23 +769,10 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
       Acc16 acc;
       acc.zero();
       mma_lower_transposed(acc, Aq, kAB, dOb, SB, rb, 16 * cb, lane);  // Aqk^T dO
-#pragma unroll
-      for (int kb = 0; kb < nk; ++kb) {
-        Frag16 a, s;
-        load_a(a, Kt + 16 * rb * kEB + 16 * kb, kEB, lane);
-        load_b(s, dSb + 16 * kb * SB + 16 * cb, SB, lane);
-        mma(acc, a, s);
-      }
-      const int base = 16 * rb * SB + 16 * cb;
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int i2 = 0; i2 < 2; ++i2) {
-          *reinterpret_cast<__nv_bfloat162*>(dRn + base + pair_offset(SB, hh, i2)) =
-              __floats2bfloat162_rn(-acc.c[hh][2 * i2], -acc.c[hh][2 * i2 + 1]);
-          *reinterpret_cast<float2*>(stage + pair_offset(kStage, hh, i2)) =
-              make_float2(acc.c[hh][2 * i2], acc.c[hh][2 * i2 + 1]);
-        }
+      mma_ab(acc, Kt + 16 * rb * kEB, kEB, dSb + 16 * cb, SB, nk, lane);
+      acc.store(stage, kStage, lane);  // dR, for dr_out below
+      acc.negate();
+      acc.store_bf16(dRn + 16 * rb * SB + 16 * cb, SB, lane);
       __syncwarp();
       // dR (bf16, as the update uses it) to dr_out [BT, HV, VP] for phase D.
       store_tile_bf16(stage, min(16, len - 16 * rb), [&](int i) {
@@ -851,14 +790,7 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
       const int t = warp + kWarps * j, db = t / nv, cb = t % nv;
       if (t >= tiles) continue;
       Acc16& acc = grad[j];
-      const float gam_lo = gam[16 * db + Acc16::row(lane, 0)], gam_hi = gam[16 * db + Acc16::row(lane, 2)];
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        acc.c[hh][0] *= gam_lo;
-        acc.c[hh][1] *= gam_lo;
-        acc.c[hh][2] *= gam_hi;
-        acc.c[hh][3] *= gam_hi;
-      }
+      acc.scale_rows(gam + 16 * db, lane);
 #pragma unroll 1  // (fully unrolled, the preloaded fragments would not fit two blocks per SM)
       for (int kb = 0; kb < 4; ++kb) {
         Frag16 q, y, o, dr;  // q, y: (d, r) = Qgamma[r][d], Y[r][d]
@@ -869,13 +801,7 @@ tc_dstate_kernel(const T* __restrict__ dout, const float* __restrict__ dht, floa
         mma(acc, q, o);
         mma(acc, y, dr);
       }
-      const int base = 16 * db * SB + 16 * cb;
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int i2 = 0; i2 < 2; ++i2)  // the bf16 operand copy, straight from the accumulator
-          *reinterpret_cast<__nv_bfloat162*>(dSb + base + pair_offset(SB, hh, i2)) =
-              __floats2bfloat162_rn(acc.c[hh][2 * i2], acc.c[hh][2 * i2 + 1]);
+      acc.store_bf16(dSb + 16 * db * SB + 16 * cb, SB, lane);  // the bf16 operand copy, straight from the accumulator
     }
   }
   __pipeline_wait_prior(0);

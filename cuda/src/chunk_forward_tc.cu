@@ -384,15 +384,25 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   for (int I = 1; I < 4; ++I) {
     for (int e = tid; e < I * 256; e += kThreads) {  // X_IJ[p][j], J = e / 256
       const int J = e >> 8, p = (e >> 4) & 15, j = e & 15;
-      float x = 0.0f;
-      for (int q = 16 * J; q < 16 * I; ++q) x = fmaf(sT[(16 * I + p) * kSS + q], sA[q * kSS + 16 * J + j], x);
-      sX[e] = x;
+      const float* t_row = sT + (16 * I + p) * kSS;
+      const float* a_col = sA + 16 * J + j;
+      float x0 = 0.0f, x1 = 0.0f;  // two chains: the loads of a 16-term block issue together
+      for (int q0 = 16 * J; q0 < 16 * I; q0 += 16) {
+#pragma unroll
+        for (int q = q0; q < q0 + 16; q += 2) {
+          x0 = fmaf(t_row[q], a_col[q * kSS], x0);
+          x1 = fmaf(t_row[q + 1], a_col[(q + 1) * kSS], x1);
+        }
+      }
+      sX[e] = x0 + x1;
     }
     __syncthreads();
     for (int e = tid; e < I * 256; e += kThreads) {  // A_IJ[i][j] = -sum_{p<=i} A_II[i][p] X_IJ[p][j]
       const int J = e >> 8, i = (e >> 4) & 15, j = e & 15;
+      const float* a_row = sA + (16 * I + i) * kSS + 16 * I;
       float a = 0.0f;
-      for (int p = 0; p <= i; ++p) a = fmaf(sA[(16 * I + i) * kSS + 16 * I + p], sX[(J << 8) + p * 16 + j], a);
+#pragma unroll
+      for (int p = 0; p < 16; ++p) a = fmaf(a_row[p], sX[(J << 8) + p * 16 + j], a);  // A_II[i][p] = 0 for p > i
       sA[(16 * I + i) * kSS + 16 * J + j] = -a;
     }
     __syncthreads();
@@ -412,12 +422,7 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
     const int rb = t / nk, cb = t % nk;
     Acc16 acc;
     acc.zero();
-    for (int kb = 0; kb <= rb; ++kb) {
-      Frag16 a, e;
-      load_a(a, sAb + 16 * rb * kAB + 16 * kb, kAB, lane);
-      load_b(e, sEbar + 16 * kb * kEB + 16 * cb, kEB, lane);
-      mma(acc, a, e);
-    }
+    mma_ab(acc, sAb + 16 * rb * kAB, kAB, sEbar + 16 * cb, kEB, rb + 1, lane);
     acc.store(my_stage, kStage, lane);
     __syncwarp();
     store_tile_bf16(my_stage, len - 16 * rb, [&](int i) { return ws_y + key_row(16 * rb + i) * KP + 16 * cb; }, lane);
@@ -443,12 +448,7 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
       const int rb = t / nz, cb = t % nz;
       Acc16 acc;
       acc.zero();
-      for (int kb = 0; kb <= rb; ++kb) {
-        Frag16 a, zf;
-        load_a(a, sAb + 16 * rb * kAB + 16 * kb, kAB, lane);
-        load_b(zf, sZ + 16 * kb * kZB + 16 * cb, kZB, lane);
-        mma(acc, a, zf);
-      }
+      mma_ab(acc, sAb + 16 * rb * kAB, kAB, sZ + 16 * cb, kZB, rb + 1, lane);
       acc.store(my_stage, kStage, lane);
       __syncwarp();
       store_tile_bf16(my_stage, len - 16 * rb,
@@ -581,7 +581,6 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
       state[j].load(tile, SF, lane);
     }
   }
-  auto pair_offset = [&](int ld, int hh, int i2) { return Acc16::pair_offset(lane, ld, hh, i2); };
 
   for (int ci = 0; ci < chunks; ++ci) {
     const std::int64_t t0 = chunk_t0(ci);
@@ -602,19 +601,13 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
       const int rb = t / nv, cb = t % nv;
       Acc16 acc;
       acc.zero();
-#pragma unroll
-      for (int kb = 0; kb < nk; ++kb) {
-        Frag16 a, s;
-        load_a(a, Yb + 16 * rb * kEB + 16 * kb, kEB, lane);
-        load_b(s, Sb + 16 * kb * SB + 16 * cb, SB, lane);
-        mma(acc, a, s);
-      }
+      mma_ab(acc, Yb + 16 * rb * kEB, kEB, Sb + 16 * cb, SB, nk, lane);
       const int base = 16 * rb * SB + 16 * cb;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
         for (int i2 = 0; i2 < 2; ++i2) {  // straight from the accumulator, two columns at a time
-          const int at = base + pair_offset(SB, hh, i2);
+          const int at = base + Acc16::pair_offset(lane, SB, hh, i2);
           const float2 u = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(Ub + at));
           *reinterpret_cast<__nv_bfloat162*>(Rb + at) =
               __floats2bfloat162_rn(u.x - acc.c[hh][2 * i2], u.y - acc.c[hh][2 * i2 + 1]);
@@ -636,19 +629,8 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
       const int rb = t / nv, cb = t % nv;
       Acc16 acc;
       acc.zero();
-#pragma unroll
-      for (int kb = 0; kb < nk; ++kb) {
-        Frag16 a, s;
-        load_a(a, Qg + 16 * rb * kEB + 16 * kb, kEB, lane);
-        load_b(s, Sb + 16 * kb * SB + 16 * cb, SB, lane);
-        mma(acc, a, s);
-      }
-      for (int kb = 0; kb <= rb; ++kb) {  // Aqk is lower triangular
-        Frag16 a, r;
-        load_a(a, Aq + 16 * rb * kAB + 16 * kb, kAB, lane);
-        load_b(r, Rb + 16 * kb * SB + 16 * cb, SB, lane);
-        mma(acc, a, r);
-      }
+      mma_ab(acc, Qg + 16 * rb * kEB, kEB, Sb + 16 * cb, SB, nk, lane);
+      mma_ab(acc, Aq + 16 * rb * kAB, kAB, Rb + 16 * cb, SB, rb + 1, lane);  // Aqk is lower triangular
       float* tile = O32 + 16 * rb * SF + 16 * cb;
       acc.store(tile, SF, lane);
       __syncwarp();
@@ -675,28 +657,9 @@ tc_state_kernel(const float* h0, T* __restrict__ o, float* ht, const std::int32_
       const int t = warp + kWarps * j, db = t / nv, cb = t % nv;
       if (t >= tiles) continue;
       Acc16& acc = state[j];
-      const float gam_lo = gam[16 * db + Acc16::row(lane, 0)], gam_hi = gam[16 * db + Acc16::row(lane, 2)];
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        acc.c[hh][0] *= gam_lo;
-        acc.c[hh][1] *= gam_lo;
-        acc.c[hh][2] *= gam_hi;
-        acc.c[hh][3] *= gam_hi;
-      }
-#pragma unroll
-      for (int kb = 0; kb < kC / 16; ++kb) {
-        Frag16 a, r;
-        load_a_transposed(a, Kt + 16 * kb * kEB + 16 * db, kEB, lane);  // Ktail^T: element (d, s) = Ktail[s][d]
-        load_b(r, Rb + 16 * kb * SB + 16 * cb, SB, lane);
-        mma(acc, a, r);
-      }
-      const int base = 16 * db * SB + 16 * cb;
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int i2 = 0; i2 < 2; ++i2)  // the bf16 operand copy, straight from the accumulator
-          *reinterpret_cast<__nv_bfloat162*>(Sb + base + pair_offset(SB, hh, i2)) =
-              __floats2bfloat162_rn(acc.c[hh][2 * i2], acc.c[hh][2 * i2 + 1]);
+      acc.scale_rows(gam + 16 * db, lane);
+      mma_atb(acc, Kt + 16 * db, kEB, Rb + 16 * cb, SB, kC / 16, lane);  // Ktail^T: element (d, s) = Ktail[s][d]
+      acc.store_bf16(Sb + 16 * db * SB + 16 * cb, SB, lane);  // the bf16 operand copy, straight from the accumulator
     }
   }
   __pipeline_wait_prior(0);

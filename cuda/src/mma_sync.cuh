@@ -50,6 +50,32 @@ struct Acc16 {  // 16 x 16 fp32 accumulator, as two 16 x 8 halves
       for (int p = 0; p < 2; ++p)
         *reinterpret_cast<float2*>(tile + pair_offset(lane, ld, h, p)) = make_float2(c[h][2 * p], c[h][2 * p + 1]);
   }
+  // To a bf16 16 x 16 tile of row stride ld (even; tile 4-byte aligned), each element rounded once.
+  __device__ __forceinline__ void store_bf16(__nv_bfloat16* tile, int ld, int lane) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int p = 0; p < 2; ++p)
+        *reinterpret_cast<__nv_bfloat162*>(tile + pair_offset(lane, ld, h, p)) =
+            __floats2bfloat162_rn(c[h][2 * p], c[h][2 * p + 1]);
+  }
+  // Multiplies row r (0..15) by factor[r].
+  __device__ __forceinline__ void scale_rows(const float* factor, int lane) {
+    const float lo = factor[row(lane, 0)], hi = factor[row(lane, 2)];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      c[h][0] *= lo;
+      c[h][1] *= lo;
+      c[h][2] *= hi;
+      c[h][3] *= hi;
+    }
+  }
+  __device__ __forceinline__ void negate() {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) c[h][i] = -c[h][i];
+  }
 };
 
 namespace detail_ldmatrix {
@@ -100,6 +126,38 @@ __device__ __forceinline__ void mma(Acc16& d, const Frag16& a, const Frag16& b) 
         "{%0, %1, %2, %3};"
         : "+f"(d.c[h][0]), "+f"(d.c[h][1]), "+f"(d.c[h][2]), "+f"(d.c[h][3])
         : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b.r[2 * h]), "r"(b.r[2 * h + 1]));
+}
+
+// acc += sum over kb < k_blocks of a_kb b_kb, the operands loaded by LoadA from A + kb a_step and by LoadB from
+// B + kb b_step. Unrolled when k_blocks is a compile-time constant at the (inlined) call.
+using OperandLoader = void (*)(Frag16&, const __nv_bfloat16*, int, int);
+template <OperandLoader LoadA, OperandLoader LoadB>
+__device__ __forceinline__ void mma_k_blocks(Acc16& acc, const __nv_bfloat16* A, int lda, int a_step,
+                                             const __nv_bfloat16* B, int ldb, int b_step, int k_blocks, int lane) {
+#pragma unroll
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    Frag16 a, b;
+    LoadA(a, A + kb * a_step, lda, lane);
+    LoadB(b, B + kb * b_step, ldb, lane);
+    mma(acc, a, b);
+  }
+}
+
+// The three forms the kernels use; every pointer is at its first k block, every matrix row-major.
+// acc += A B over k_blocks: A has 16 rows, B 16 columns.
+__device__ __forceinline__ void mma_ab(Acc16& acc, const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb,
+                                       int k_blocks, int lane) {
+  mma_k_blocks<load_a, load_b>(acc, A, lda, 16, B, ldb, 16 * ldb, k_blocks, lane);
+}
+// acc += A Bt^T: A has 16 rows, Bt 16 rows (the output's columns).
+__device__ __forceinline__ void mma_abt(Acc16& acc, const __nv_bfloat16* A, int lda, const __nv_bfloat16* Bt, int ldb,
+                                        int k_blocks, int lane) {
+  mma_k_blocks<load_a, load_b_transposed>(acc, A, lda, 16, Bt, ldb, 16, k_blocks, lane);
+}
+// acc += At^T B: At has 16 columns (the output's rows), B 16 columns.
+__device__ __forceinline__ void mma_atb(Acc16& acc, const __nv_bfloat16* At, int lda, const __nv_bfloat16* B, int ldb,
+                                        int k_blocks, int lane) {
+  mma_k_blocks<load_a_transposed, load_b>(acc, At, lda, 16 * lda, B, ldb, 16 * ldb, k_blocks, lane);
 }
 
 }  // namespace gdr2::cuda::detail::tc

@@ -100,12 +100,7 @@ __device__ __forceinline__ void async_rows(bf16* dst, int ld, const bf16* src, s
 // row stride ldx, the output's 16 columns taken from X's columns x_col .. x_col + 15.
 __device__ __forceinline__ void mma_lower_transposed(Acc16& acc, const bf16* L, int ldl, const bf16* X, int ldx,
                                                      int rb, int x_col, int lane) {
-  for (int kb = rb; kb < 4; ++kb) {
-    Frag16 a, x;
-    load_a_transposed(a, L + 16 * kb * ldl + 16 * rb, ldl, lane);  // (i, kk) = L[16 kb + kk][16 rb + i]
-    load_b(x, X + 16 * kb * ldx + x_col, ldx, lane);
-    mma(acc, a, x);
-  }
+  mma_atb(acc, L + 16 * rb * ldl + 16 * rb, ldl, X + 16 * rb * ldx + x_col, ldx, 4 - rb, lane);
 }
 
 // The workspace the tensor-core prepare kernel writes (bf16 unless noted; K and V padded to KP, VP =
