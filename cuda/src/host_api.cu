@@ -25,7 +25,8 @@ namespace {
 std::mutex pool_mutex;
 std::map<int, cudaMemPool_t> pools;  // device -> its workspace pool (kept for the life of the process)
 
-// The current device's pool, or nullptr when none was created (no_create) or there is no device.
+// The current device's pool, created on first use when `create`; without `create`, nullptr when there is none yet
+// (or no device).
 cudaMemPool_t find_or_create_pool(const char* who, bool create) {
   int device = 0;
   if (create) check(cudaGetDevice(&device), who, "cudaGetDevice");
