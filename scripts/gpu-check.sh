@@ -45,7 +45,7 @@ echo "GPU: $(head -n1 "$LOGS/gpu.txt")" >&2
 step "configure (sm_$ARCH)" configure.log cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DGDR2_CUDA_RESOURCE_REPORT=ON ${GPU_CHECK_CMAKE_ARGS:-}
 TARGETS=(gdr2_cuda gdr2-bench gdr2-verify)
-skipped tests || TARGETS+=(test_cuda_forward)
+skipped tests || TARGETS+=(test_cuda_forward test_cuda_mma)
 # (grep reads all of the help text: with pipefail, grep -q closing the pipe early would fail the test.)
 if ! skipped tests && cmake --build "$BUILD" --target help 2>/dev/null | grep -c 'test_cuda_backward' >/dev/null; then
   TARGETS+=(test_cuda_backward)
@@ -69,6 +69,8 @@ if ! skipped sanitizer && ! skipped tests && command -v compute-sanitizer >/dev/
       step "sanitizer $tool (backward)" "sanitizer-$tool-backward.log" \
         compute-sanitizer --tool "$tool" --error-exitcode 3 "$BWD" --gtest_filter="$BWD_SMALL"
     fi
+    step "sanitizer $tool (tensor-core products)" "sanitizer-$tool-mma.log" \
+      compute-sanitizer --tool "$tool" --error-exitcode 3 "$BUILD/tests/test_cuda_mma"
   done
 fi
 

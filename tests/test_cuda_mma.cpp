@@ -83,7 +83,8 @@ TEST_P(CudaMma, NegativeControlMisreadOperandIsRejected) {
   EXPECT_GT(worst_ratio(GetParam(), x, r.c), 1.0) << "B read in the wrong layout must fail the bound";
 }
 
-INSTANTIATE_TEST_SUITE_P(Forms, CudaMma, testing::Values(MmaForm::ab, MmaForm::abt, MmaForm::atb),
+// (The prefix starts with Cuda: gpu-check runs ctest -R '^Cuda'.)
+INSTANTIATE_TEST_SUITE_P(CudaMmaForms, CudaMma, testing::Values(MmaForm::ab, MmaForm::abt, MmaForm::atb),
                          [](const testing::TestParamInfo<MmaForm>& info) {
                            return std::string(info.param == MmaForm::ab ? "AB" : info.param == MmaForm::abt ? "ABt" : "AtB");
                          });
