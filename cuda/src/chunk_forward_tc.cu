@@ -415,19 +415,23 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   }
   __syncthreads();
 
-  // Y = A Ebar (Eq. 21), A lower triangular: row block rb needs column blocks kb <= rb.
+  // A X for a 64-row bf16 operand X (row stride ldx, col_tiles tiles of 16 columns), A lower triangular: row block
+  // rb needs the k blocks kb <= rb. Tile (rb, cb) goes to global memory as bf16 rows, row i at out(rb, cb, i).
   float* my_stage = stage + warp * 16 * kStage;
-  const int nk = KP / 16;
-  for (int t = warp; t < 4 * nk; t += kWarps) {
-    const int rb = t / nk, cb = t % nk;
-    Acc16 acc;
-    acc.zero();
-    mma_ab(acc, sAb + 16 * rb * kAB, kAB, sEbar + 16 * cb, kEB, rb + 1, lane);
-    acc.store(my_stage, kStage, lane);
-    __syncwarp();
-    store_tile_bf16(my_stage, len - 16 * rb, [&](int i) { return ws_y + key_row(16 * rb + i) * KP + 16 * cb; }, lane);
-    __syncwarp();
-  }
+  auto lower_product = [&](const bf16* X, int ldx, int col_tiles, auto out) {
+    for (int t = warp; t < 4 * col_tiles; t += kWarps) {
+      const int rb = t / col_tiles, cb = t % col_tiles;
+      Acc16 acc;
+      acc.zero();
+      mma_ab(acc, sAb + 16 * rb * kAB, kAB, X + 16 * cb, ldx, rb + 1, lane);
+      acc.store(my_stage, kStage, lane);
+      __syncwarp();
+      store_tile_bf16(my_stage, len - 16 * rb, [&](int i) { return out(rb, cb, i); }, lane);
+      __syncwarp();
+    }
+  };
+  // Y = A Ebar (Eq. 21).
+  lower_product(sEbar, kEB, KP / 16, [&](int rb, int cb, int i) { return ws_y + key_row(16 * rb + i) * KP + 16 * cb; });
 
   // U = A Z (Eq. 22), Z = W * V, for every value head of the key head's group, 64 value columns at a time.
   for (int z = 0; z < z_tiles; ++z) {
@@ -443,18 +447,9 @@ tc_prepare_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __r
     }
     __syncthreads();
     if (z + 1 < z_tiles) fetch_z(z + 1);  // lands while this tile's products run
-    const int nz = min(kZT, VP - c0) / 16;
-    for (int t = warp; t < 4 * nz; t += kWarps) {
-      const int rb = t / nz, cb = t % nz;
-      Acc16 acc;
-      acc.zero();
-      mma_ab(acc, sAb + 16 * rb * kAB, kAB, sZ + 16 * cb, kZB, rb + 1, lane);
-      acc.store(my_stage, kStage, lane);
-      __syncwarp();
-      store_tile_bf16(my_stage, len - 16 * rb,
-                      [&](int i) { return ws_u + ((chunk.t0 + 16 * rb + i) * HV + hv) * VP + c0 + 16 * cb; }, lane);
-      __syncwarp();
-    }
+    lower_product(sZ, kZB, min(kZT, VP - c0) / 16, [&](int rb, int cb, int i) {
+      return ws_u + ((chunk.t0 + 16 * rb + i) * HV + hv) * VP + c0 + 16 * cb;
+    });
   }
 }
 
